@@ -1,0 +1,95 @@
+"""A minimal Flask app receiving Callbot callbacks: logs every task transition in one line.
+
+Run it with ``flask --app example_app run``. It needs ``CALLBOT_SECRET_KEY`` and ``CALLBOT_UUID``
+in the environment, or ``CALLBOT_EXAMPLE_DEV_MODE=1`` for a local demo with the public dev
+credentials below (never use those in production). ``CALLBOT_DATABASE_URL`` is read too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask
+
+from flask_callbot import TaskEvent, create_blueprint, signals
+
+#: Public, insecure credentials used only with CALLBOT_EXAMPLE_DEV_MODE=1.
+DEV_SECRET_KEY = "example-dev-secret-do-not-use-in-production"  # noqa: S105 - public on purpose
+DEV_UUID = "ExampleDevAccount"
+
+logger = logging.getLogger("example_app")
+
+TASK_SIGNALS = (
+    signals.task_pending,
+    signals.task_started,
+    signals.task_paused,
+    signals.task_resumed,
+    signals.task_completed,
+    signals.task_failed,
+)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the example app; ``config`` overrides anything read from the environment."""
+    app = Flask(__name__)
+    app.config.update(_credentials(os.environ))
+    if os.environ.get("CALLBOT_DATABASE_URL"):
+        app.config["CALLBOT_DATABASE_URL"] = os.environ["CALLBOT_DATABASE_URL"]
+    app.config.update(config or {})
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logger.setLevel(logging.INFO)
+    app.register_blueprint(create_blueprint())
+    for signal in TASK_SIGNALS:
+        # Receivers made in a loop are closures: connect them strongly or blinker drops them.
+        signal.connect(_transition_logger(signal.name), app, weak=False)
+    signals.task_progress.connect(log_progress, app, weak=False)
+    return app
+
+
+def _credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    secret, uuid = environ.get("CALLBOT_SECRET_KEY"), environ.get("CALLBOT_UUID")
+    if secret and uuid:
+        return {"CALLBOT_SECRET_KEY": secret, "CALLBOT_UUID": uuid}
+    if environ.get("CALLBOT_EXAMPLE_DEV_MODE") == "1":
+        logger.warning("example_app: DEV MODE with public credentials uuid=%s", DEV_UUID)
+        return {"CALLBOT_SECRET_KEY": DEV_SECRET_KEY, "CALLBOT_UUID": DEV_UUID}
+    raise RuntimeError(
+        "example_app needs CALLBOT_SECRET_KEY and CALLBOT_UUID in the environment "
+        "(or CALLBOT_EXAMPLE_DEV_MODE=1 for a local demo with public dev credentials)"
+    )
+
+
+def describe(event: TaskEvent) -> str:
+    """``task T1 (crm-42) finish 50% of 10, answer 50%``: the task and its numbers."""
+    stat = event.stat
+    numbers = ""
+    if stat is not None:
+        numbers = (
+            f" finish {_percent(stat.finish_rate)} of {stat.total_order_count},"
+            f" answer {_percent(stat.answer_rate)}"
+        )
+    return f"task {event.task_id} ({event.user_task_id}){numbers}"
+
+
+def _transition_logger(name: str) -> Callable[..., None]:
+    def log_transition(sender: Flask, *, event: TaskEvent, previous: Any, **extra: Any) -> None:
+        before = "(new)" if previous is None else _status_name(previous)
+        logger.info("%s: %s -> %s [%s]", describe(event), before, _status_name(event.status), name)
+
+    return log_transition
+
+
+def log_progress(sender: Flask, *, event: TaskEvent, **extra: Any) -> None:
+    logger.info("%s: progress, status %s", describe(event), _status_name(event.status))
+
+
+def _status_name(status: Any) -> str:
+    return getattr(status, "name", str(status))
+
+
+def _percent(rate: float | None) -> str:
+    return "?" if rate is None else f"{rate:.0%}"

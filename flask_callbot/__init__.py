@@ -1,0 +1,77 @@
+"""Receive NXCloud Callbot v3 callbacks in Flask: verified, recorded, and signalled."""
+
+from __future__ import annotations
+
+from . import signals
+from .blueprint import create_blueprint
+from .errors import (
+    CallbotError,
+    ConfigurationError,
+    DeliveryInProgress,
+    InvalidAuthHeader,
+    InvalidField,
+    InvalidSignature,
+    MalformedBody,
+    MissingAuthHeader,
+    MissingField,
+    PayloadTooLarge,
+    ReceiverFailed,
+    RequestIdReused,
+    RequestRejected,
+    StoreUnavailable,
+    TimestampOutOfWindow,
+    UnknownAccount,
+)
+from .events import CallbackKind, TaskEvent, TaskStat, TaskStatus, Transition
+from .signals import (
+    call_received,
+    callback_received,
+    callback_rejected,
+    order_received,
+    task_completed,
+    task_failed,
+    task_paused,
+    task_pending,
+    task_progress,
+    task_resumed,
+    task_started,
+    task_status_changed,
+)
+
+__all__ = [
+    "CallbackKind",
+    "CallbotError",
+    "ConfigurationError",
+    "DeliveryInProgress",
+    "InvalidAuthHeader",
+    "InvalidField",
+    "InvalidSignature",
+    "MalformedBody",
+    "MissingAuthHeader",
+    "MissingField",
+    "PayloadTooLarge",
+    "ReceiverFailed",
+    "RequestIdReused",
+    "RequestRejected",
+    "StoreUnavailable",
+    "TaskEvent",
+    "TaskStat",
+    "TaskStatus",
+    "TimestampOutOfWindow",
+    "Transition",
+    "UnknownAccount",
+    "call_received",
+    "callback_received",
+    "callback_rejected",
+    "create_blueprint",
+    "order_received",
+    "signals",
+    "task_completed",
+    "task_failed",
+    "task_paused",
+    "task_pending",
+    "task_progress",
+    "task_resumed",
+    "task_started",
+    "task_status_changed",
+]

@@ -1,0 +1,77 @@
+"""The blueprint: three thin views over :func:`flask_callbot.pipeline.handle`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import cast
+
+from flask import Blueprint, Flask, Response, current_app, request
+from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from . import pipeline
+from .config import load_settings
+from .errors import ConfigurationError, PayloadTooLarge
+from .events import CallbackKind
+from .state import EXTENSION_KEY, CallbotState, get_state
+from .store import Store
+
+ROUTES = {
+    CallbackKind.TASK: "/api/v3/taskCallback",
+    CallbackKind.ORDER: "/api/v3/orderCallback",
+    CallbackKind.CALL: "/api/v3/callCallback",
+}
+
+
+def create_blueprint(*, name: str = "callbot", clock: Callable[[], float] = time.time) -> Blueprint:
+    """A new blueprint mounting the callback routes; register it on the app to set up the receiver.
+
+    Registration reads the app's ``CALLBOT_*`` config and fails at once, naming the key, if it is
+    incomplete. ``clock`` returns unix seconds; tests inject one to move time.
+    """
+    blueprint = Blueprint(name, __name__, cli_group="callbot")
+
+    def setup(state: BlueprintSetupState) -> None:
+        _init_app(cast(Flask, state.app), clock)
+
+    blueprint.record_once(setup)
+    for kind, rule in ROUTES.items():
+        blueprint.add_url_rule(
+            rule, endpoint=f"{kind.value}_callback", view_func=_view(kind), methods=["POST"]
+        )
+    return blueprint
+
+
+def _init_app(app: Flask, clock: Callable[[], float]) -> None:
+    if EXTENSION_KEY in app.extensions:
+        raise ConfigurationError("flask_callbot is already set up on this app")
+    settings = load_settings(app.config, app.instance_path)
+    if app.config.get("CALLBOT_DATABASE_URL") is None:
+        os.makedirs(app.instance_path, exist_ok=True)
+    app.extensions[EXTENSION_KEY] = CallbotState(
+        settings=settings, store=Store(settings.database_url, settings.engine_options), clock=clock
+    )
+
+
+def _view(kind: CallbackKind) -> Callable[[], Response]:
+    def receive() -> Response:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        request.max_content_length = get_state(app).settings.max_content_length
+        try:
+            body = request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            error = PayloadTooLarge("body is larger than CALLBOT_MAX_CONTENT_LENGTH")
+            return _respond(pipeline.reject(app, error, request.headers))
+        return _respond(pipeline.handle(app, kind, body, request.headers))
+
+    receive.__name__ = f"{kind.value}_callback"
+    return receive
+
+
+def _respond(reply: pipeline.Reply) -> Response:
+    return Response(
+        json.dumps(reply.as_dict()), status=reply.http_status, mimetype="application/json"
+    )

@@ -1,0 +1,75 @@
+"""Telling the host app what a recorded delivery means: which signals, in which order.
+
+Used for a fresh delivery, a redelivery of a failed one, and a replay, so all three send exactly
+the same signals from the same stored transition.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from blinker import NamedSignal
+from flask import Flask
+
+from . import signals
+from .errors import ReceiverFailed
+from .events import TaskEvent, TaskStatus, Transition
+
+logger = logging.getLogger("flask_callbot")
+
+_STATUS_SIGNALS: dict[int, NamedSignal] = {
+    TaskStatus.PENDING: signals.task_pending,
+    TaskStatus.COMPLETED: signals.task_completed,
+    TaskStatus.FAILED: signals.task_failed,
+    TaskStatus.PAUSED: signals.task_paused,
+}
+_MAX_ERROR_LENGTH = 2000
+
+
+def planned_signals(
+    event: TaskEvent, transition: Transition | None
+) -> list[tuple[NamedSignal, dict[str, Any]]]:
+    """The signals a delivery sends, in order, with their keyword arguments."""
+    planned: list[tuple[NamedSignal, dict[str, Any]]] = [
+        (signals.callback_received, {"event": event})
+    ]
+    if isinstance(event, TaskEvent) and transition is not None:
+        if transition.changed:
+            change = {"event": event, "previous": transition.previous}
+            planned.append((signals.task_status_changed, change))
+            status_signal = _status_signal(transition)
+            if status_signal is not None:
+                planned.append((status_signal, change))
+        if transition.applied:
+            planned.append((signals.task_progress, {"event": event}))
+    return planned
+
+
+def send_signals(app: Flask, event: TaskEvent, transition: Transition | None) -> None:
+    """Send every planned signal; if receivers raised, raise :class:`ReceiverFailed` at the end.
+
+    A raising receiver stops the rest of that one signal's receivers (blinker's rule) but not the
+    later signals, so one broken integration does not hold up the others.
+    """
+    failures: list[str] = []
+    first: Exception | None = None
+    for signal, kwargs in planned_signals(event, transition):
+        try:
+            signal.send(app, _async_wrapper=app.ensure_sync, **kwargs)
+        except Exception as exc:
+            logger.exception(
+                "callbot: a %s receiver raised for request %s", signal.name, event.request_id
+            )
+            failures.append(f"{signal.name}: {type(exc).__name__}: {exc}")
+            first = first or exc
+    if failures:
+        raise ReceiverFailed("; ".join(failures)[:_MAX_ERROR_LENGTH]) from first
+
+
+def _status_signal(transition: Transition) -> NamedSignal | None:
+    if transition.status == TaskStatus.IN_PROGRESS:
+        if transition.previous == TaskStatus.PAUSED:
+            return signals.task_resumed
+        return signals.task_started
+    return _STATUS_SIGNALS.get(transition.status)

@@ -1,0 +1,106 @@
+"""The one exception family: each class carries the HTTP status and vendor retCode it answers."""
+
+from __future__ import annotations
+
+
+class CallbotError(Exception):
+    """Base of every flask_callbot error; a request that raises one is answered with its codes."""
+
+    http_status = 500
+    ret_code = 5001
+    #: Short machine-friendly reason sent with ``callback_rejected``.
+    reason = "internal-error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(CallbotError):
+    """The app's ``CALLBOT_*`` configuration is missing or wrong; raised at registration."""
+
+    reason = "configuration"
+
+
+class RequestRejected(CallbotError):
+    """A refusal of the request itself (auth, format, size): not stored; ``callback_rejected``."""
+
+    http_status, ret_code, reason = 400, 4, "rejected"
+
+
+class MissingAuthHeader(RequestRejected):
+    """A required authentication header is absent or empty."""
+
+    http_status, ret_code, reason = 401, 6001, "missing-auth-header"
+
+
+class InvalidAuthHeader(RequestRejected):
+    """An authentication header does not have the strict expected form."""
+
+    http_status, ret_code, reason = 401, 6, "malformed-auth-header"
+
+
+class TimestampOutOfWindow(RequestRejected):
+    """``createTs`` is older than ``CALLBOT_MAX_AGE`` or further ahead than the allowed skew."""
+
+    http_status, ret_code, reason = 401, 6, "timestamp-out-of-window"
+
+
+class UnknownAccount(RequestRejected):
+    """A well-formed ``uuid`` header that is not the configured account."""
+
+    http_status, ret_code, reason = 401, 6002, "unknown-account"
+
+
+class InvalidSignature(RequestRejected):
+    """The ``sign`` header matches no configured secret and algorithm."""
+
+    http_status, ret_code, reason = 401, 6, "bad-signature"
+
+
+class PayloadTooLarge(RequestRejected):
+    """The body is over ``CALLBOT_MAX_CONTENT_LENGTH``; refused before it is read whole."""
+
+    http_status, ret_code, reason = 413, 4, "payload-too-large"
+
+
+class MalformedBody(RequestRejected):
+    """The body is not UTF-8, not JSON, or not a JSON object."""
+
+    http_status, ret_code, reason = 400, 3, "malformed-body"
+
+
+class MissingField(RequestRejected):
+    """A required payload field is absent (or null); the message names the fields."""
+
+    http_status, ret_code, reason = 400, 2, "missing-field"
+
+
+class InvalidField(RequestRejected):
+    """A payload field has the wrong type or value; the message names the fields."""
+
+    http_status, ret_code, reason = 400, 4, "invalid-field"
+
+
+class RequestIdReused(RequestRejected):
+    """An authentic request reuses a recorded requestID with a different body."""
+
+    http_status, ret_code, reason = 409, 4, "request-id-reused"
+
+
+class DeliveryInProgress(CallbotError):
+    """The same requestID is being processed by another worker now; the sender retries later."""
+
+    http_status, ret_code, reason = 409, 7, "in-progress"
+
+
+class ReceiverFailed(CallbotError):
+    """A signal receiver raised; the delivery is kept as failed and is re-run on redelivery."""
+
+    http_status, ret_code, reason = 500, 5001, "receiver-failed"
+
+
+class StoreUnavailable(CallbotError):
+    """The database could not be reached; nothing was acknowledged."""
+
+    http_status, ret_code, reason = 503, 7, "store-unavailable"

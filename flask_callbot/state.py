@@ -1,0 +1,33 @@
+"""Per-app state, kept in ``app.extensions["callbot"]`` (never on module globals)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flask import Flask
+
+from .config import Settings
+from .errors import ConfigurationError
+from .store import Store
+
+EXTENSION_KEY = "callbot"
+
+
+@dataclass(slots=True)
+class CallbotState:
+    settings: Settings
+    store: Store
+    #: Seconds since the epoch; injectable so tests can move time.
+    clock: Callable[[], float] = field(default=time.time)
+
+
+def get_state(app: Flask) -> CallbotState:
+    """The app's callbot state; a clear error if the blueprint was never registered."""
+    state = app.extensions.get(EXTENSION_KEY)
+    if not isinstance(state, CallbotState):
+        raise ConfigurationError(
+            "flask_callbot is not set up on this app: register create_blueprint() first"
+        )
+    return state

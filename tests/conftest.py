@@ -1,0 +1,58 @@
+"""Fixtures: a real app, a real test client, a real SQLite store, an adjustable clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_callbot import create_blueprint
+from flask_callbot.testing import SentSignal, record_signals
+
+from support import SECRET, UUID, Clock, Sender
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_app(tmp_path: Any, clock: Clock) -> Iterator[Callable[..., Flask]]:
+    """Build apps on one SQLite file (a second app on the same file is a restart)."""
+    apps: list[Flask] = []
+
+    def make(**config: Any) -> Flask:
+        app = Flask("callbot_test", instance_path=str(tmp_path / "instance"))
+        app.config.update(
+            CALLBOT_SECRET_KEY=SECRET,
+            CALLBOT_UUID=UUID,
+            CALLBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'callbot.sqlite3'}",
+        )
+        app.config.update(config)
+        app.register_blueprint(create_blueprint(clock=clock))
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["callbot"].store.dispose()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def sender(app: Flask, clock: Clock) -> Sender:
+    return Sender(app.test_client(), clock)
+
+
+@pytest.fixture
+def sent(app: Flask) -> Iterator[list[SentSignal]]:
+    """Every flask_callbot signal the app sends during the test, in order."""
+    with record_signals(sender=app) as sent:
+        yield sent

@@ -1,0 +1,230 @@
+"""Every row of the reply table on the task route: HTTP status, retCode, signals, storage."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_callbot import signals
+from flask_callbot.testing import SentSignal, record_signals, sign_headers
+
+from support import (
+    NOW,
+    SECRET,
+    UUID,
+    Clock,
+    Sender,
+    assert_reply,
+    names,
+    stored_count,
+    task_payload,
+)
+
+ACCEPTED = ["callback-received", "task-status-changed", "task-started", "task-progress"]
+
+
+def rejected(sent: list[SentSignal]) -> list[tuple[str, str | None]]:
+    assert names(sent) == ["callback-rejected"] * len(sent)
+    return [(s.kwargs["reason"], s.kwargs["request_id"]) for s in sent]
+
+
+def test_accepted(app: Flask, sender: Sender, sent: list[SentSignal]) -> None:
+    body = assert_reply(sender.post("task", task_payload(), request_id="r-1"), 200, 0)
+    assert body["retMsg"] == "success"
+    assert names(sent) == ACCEPTED
+    assert sent[0].sender is app
+    assert sent[0].kwargs["event"].request_id == "r-1"
+    assert stored_count(app) == 1
+
+
+def test_reply_ids_are_fresh(sender: Sender) -> None:
+    first = sender.post("task", task_payload(), request_id="same").get_json()
+    second = sender.post("task", task_payload(), request_id="same").get_json()
+    assert first["responseID"] != second["responseID"]
+
+
+def test_duplicate_is_acknowledged_without_signals(
+    app: Flask, sender: Sender, sent: list[SentSignal]
+) -> None:
+    assert_reply(sender.post("task", task_payload(), request_id="dup"), 200, 0)
+    sent.clear()
+    body = assert_reply(sender.post("task", task_payload(), request_id="dup"), 200, 0)
+    assert "duplicate" in body["retMsg"]
+    assert sent == []
+    assert stored_count(app) == 1
+
+
+def test_same_request_id_while_the_first_is_processing(app: Flask, clock: Clock) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(sender: Any, **extra: Any) -> None:
+        entered.set()
+        assert release.wait(10)
+
+    replies: list[Any] = []
+    signals.callback_received.connect(slow, app, weak=False)
+    try:
+        first = threading.Thread(
+            target=lambda: replies.append(
+                Sender(app.test_client(), clock).post("task", task_payload(), request_id="busy")
+            )
+        )
+        first.start()
+        assert entered.wait(10)
+        with record_signals(sender=app) as sent:
+            second = Sender(app.test_client(), clock).post(
+                "task", task_payload(), request_id="busy"
+            )
+        assert_reply(second, 409, 7)
+        assert sent == []
+        release.set()
+        first.join(10)
+    finally:
+        release.set()
+        signals.callback_received.disconnect(slow, app)
+    assert_reply(replies[0], 200, 0)
+    assert stored_count(app) == 1
+
+
+def test_stale_update_is_recorded_not_applied(
+    app: Flask, sender: Sender, sent: list[SentSignal]
+) -> None:
+    assert_reply(sender.post("task", task_payload(taskStatus=3), create_ts=NOW), 200, 0)
+    sent.clear()
+    body = assert_reply(sender.post("task", task_payload(taskStatus=2), create_ts=NOW - 10), 200, 0)
+    assert "stale" in body["retMsg"]
+    assert names(sent) == ["callback-received"]
+    assert stored_count(app) == 2
+    state = app.extensions["callbot"].store.get_task("T100")
+    assert state.status == 3 and state.status_request_ts == NOW
+
+
+@pytest.mark.parametrize("header", ["requestID", "uuid", "createTs", "sign"])
+def test_missing_auth_header(
+    app: Flask, sender: Sender, sent: list[SentSignal], header: str
+) -> None:
+    body = json.dumps(task_payload()).encode()
+    headers = sign_headers(body, secret_key=SECRET, uuid=UUID, create_ts=NOW, request_id="m-1")
+    del headers[header]
+    reply = sender.client.post("/api/v3/taskCallback", data=body, headers=headers)
+    assert header in assert_reply(reply, 401, 6001)["retMsg"]
+    expected_id = None if header == "requestID" else "m-1"
+    assert rejected(sent) == [("missing-auth-header", expected_id)]
+    assert stored_count(app) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"headers": {"createTs": "17e8"}}, "malformed-auth-header"),
+        ({"headers": {"sign": "XYZ"}}, "malformed-auth-header"),
+        ({"headers": {"algorithm": "SHA512"}}, "malformed-auth-header"),
+        ({"headers": {"sign": "0" * 32}}, "bad-signature"),
+        ({"secret_key": "not-the-secret"}, "bad-signature"),
+        ({"create_ts": NOW - 301}, "timestamp-out-of-window"),
+        ({"create_ts": NOW + 61}, "timestamp-out-of-window"),
+    ],
+)
+def test_refused_auth(
+    app: Flask, sender: Sender, sent: list[SentSignal], options: dict[str, Any], reason: str
+) -> None:
+    assert_reply(sender.post("task", task_payload(), request_id="a-1", **options), 401, 6)
+    assert rejected(sent) == [(reason, "a-1")]
+    assert stored_count(app) == 0
+
+
+def test_window_edges_are_accepted(sender: Sender) -> None:
+    assert_reply(sender.post("task", task_payload(), create_ts=NOW - 300), 200, 0)
+    assert_reply(sender.post("task", task_payload(), create_ts=NOW + 60), 200, 0)
+
+
+def test_uuid_that_is_not_ours(app: Flask, sender: Sender, sent: list[SentSignal]) -> None:
+    reply = sender.post("task", task_payload(), request_id="u-1", uuid="SomeoneElse123")
+    assert_reply(reply, 401, 6002)
+    assert rejected(sent) == [("unknown-account", "u-1")]
+    assert stored_count(app) == 0
+
+
+@pytest.mark.parametrize("body", [b"not json", b"\xff\xfe\x00", b"[1]", b'{"a": NaN}'])
+def test_body_not_a_json_object(
+    app: Flask, sender: Sender, sent: list[SentSignal], body: bytes
+) -> None:
+    assert_reply(sender.post("task", body, request_id="b-1"), 400, 3)
+    assert rejected(sent) == [("malformed-body", "b-1")]
+    assert stored_count(app) == 0
+
+
+def test_required_field_missing(app: Flask, sender: Sender, sent: list[SentSignal]) -> None:
+    payload = task_payload()
+    del payload["taskID"], payload["taskStatus"]
+    body = assert_reply(sender.post("task", payload), 400, 2)
+    assert body["retMsg"] == "missing required field(s): taskID, taskStatus"
+    assert [s.kwargs["reason"] for s in sent] == ["missing-field"]
+    assert stored_count(app) == 0
+
+
+def test_field_with_wrong_value(app: Flask, sender: Sender, sent: list[SentSignal]) -> None:
+    reply = sender.post("task", task_payload(taskStat={"totalCall": "many"}))
+    assert "taskStat.totalCall" in assert_reply(reply, 400, 4)["retMsg"]
+    assert [s.kwargs["reason"] for s in sent] == ["invalid-field"]
+    assert stored_count(app) == 0
+
+
+def test_body_over_the_limit(make_app: Callable[..., Flask], clock: Clock) -> None:
+    app = make_app(CALLBOT_MAX_CONTENT_LENGTH=2048)
+    sender = Sender(app.test_client(), clock)
+    with record_signals(sender=app) as sent:
+        big = task_payload(padding="x" * 2048)
+        assert_reply(sender.post("task", big, request_id="big"), 413, 4)
+        assert_reply(sender.post("task", task_payload()), 200, 0)
+    assert rejected(sent[:1]) == [("payload-too-large", "big")]
+    assert stored_count(app) == 1
+
+
+def test_default_limit_is_one_mebibyte(app: Flask, sender: Sender) -> None:
+    payload = task_payload(padding="")
+    size = len(json.dumps(payload).encode())
+    payload["padding"] = "x" * (1024 * 1024 - size)
+    assert_reply(sender.post("task", payload), 200, 0)
+    payload["padding"] += "x"
+    assert_reply(sender.post("task", payload), 413, 4)
+
+
+def test_receiver_raised(app: Flask, sender: Sender, sent: list[SentSignal]) -> None:
+    def broken(sender: Any, **extra: Any) -> None:
+        raise RuntimeError("CRM is down")
+
+    signals.task_started.connect(broken, app, weak=False)
+    try:
+        body = assert_reply(sender.post("task", task_payload(), request_id="f-1"), 500, 5001)
+    finally:
+        signals.task_started.disconnect(broken, app)
+    assert "CRM is down" in body["retMsg"]
+    assert names(sent) == ACCEPTED  # the later signals were still sent
+    delivery = app.extensions["callbot"].store.get_delivery("f-1")
+    assert delivery.outcome == "failed"
+    assert "task-started: RuntimeError: CRM is down" in delivery.error
+
+
+def test_store_unreachable_then_back(
+    tmp_path: Any, make_app: Callable[..., Flask], clock: Clock
+) -> None:
+    folder = tmp_path / "not-yet"
+    app = make_app(CALLBOT_DATABASE_URL=f"sqlite:///{folder / 'callbot.sqlite3'}")
+    sender = Sender(app.test_client(), clock)
+    with record_signals(sender=app) as sent:
+        assert_reply(sender.post("task", task_payload(), request_id="s-1"), 503, 7)
+        assert sent == []
+        folder.mkdir()  # the database comes back: no restart needed
+        assert_reply(sender.post("task", task_payload(), request_id="s-1"), 200, 0)
+    assert names(sent) == ACCEPTED
+
+
+def test_only_post_is_routed(sender: Sender) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        assert sender.client.open("/api/v3/taskCallback", method=method).status_code == 405
