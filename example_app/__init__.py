@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask
 
-from flask_callbot import TaskEvent, create_blueprint, signals
+from flask_callbot import CallEvent, OrderEvent, TaskEvent, create_blueprint, signals
 
 #: Public, insecure credentials used only with CALLBOT_EXAMPLE_DEV_MODE=1.
 DEV_SECRET_KEY = "example-dev-secret-do-not-use-in-production"  # noqa: S105 - public on purpose
@@ -35,6 +35,8 @@ TASK_SIGNALS = (
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the example app; ``config`` overrides anything read from the environment."""
     app = Flask(__name__)
+    #: Calls that hit this intent tag get a follow-up (the tag is defined in your call script).
+    app.config["EXAMPLE_FOLLOW_UP_INTENT"] = "interested"
     app.config.update(_credentials(os.environ))
     if os.environ.get("CALLBOT_DATABASE_URL"):
         app.config["CALLBOT_DATABASE_URL"] = os.environ["CALLBOT_DATABASE_URL"]
@@ -47,6 +49,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # Receivers made in a loop are closures: connect them strongly or blinker drops them.
         signal.connect(_transition_logger(signal.name), app, weak=False)
     signals.task_progress.connect(log_progress, app, weak=False)
+    signals.call_received.connect(follow_up_on_intent, app, weak=False)
+    signals.order_received.connect(log_finished_order, app, weak=False)
     return app
 
 
@@ -85,6 +89,42 @@ def _transition_logger(name: str) -> Callable[..., None]:
 
 def log_progress(sender: Flask, *, event: TaskEvent, **extra: Any) -> None:
     logger.info("%s: progress, status %s", describe(event), _status_name(event.status))
+
+
+def follow_up_on_intent(sender: Flask, *, event: CallEvent, **extra: Any) -> None:
+    """React to an intent: here, log the follow-up SMS a real app would queue.
+
+    A real sender must be idempotent: a redelivered callback arrives again, so remember which
+    ``(event.task_id, event.order_id)`` already got its follow-up before sending another.
+    """
+    tag = sender.config["EXAMPLE_FOLLOW_UP_INTENT"]
+    if tag in event.call.intent_tags:
+        logger.info(
+            "follow-up: order %s of task %s hit intent %r; an SMS would go to %s",
+            event.order_id,
+            event.task_id,
+            tag,
+            mask_phone(event.user_phone),
+        )
+
+
+def log_finished_order(sender: Flask, *, event: OrderEvent, **extra: Any) -> None:
+    call = event.call
+    logger.info(
+        "order %s of task %s: %s, last call %s status %s, %ss, intents %s",
+        event.order_id,
+        event.task_id,
+        "finished" if event.finish else "not finished",
+        call.call_id,
+        call.call_status,
+        call.call_duration,
+        ",".join(call.intent_tags) or "-",
+    )
+
+
+def mask_phone(phone: str | None) -> str:
+    """Keep phone numbers out of logs: only the last four digits."""
+    return "?" if not phone else "*" * max(len(phone) - 4, 0) + phone[-4:]
 
 
 def _status_name(status: Any) -> str:

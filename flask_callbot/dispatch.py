@@ -14,7 +14,7 @@ from flask import Flask
 
 from . import signals
 from .errors import ReceiverFailed
-from .events import TaskEvent, TaskStatus, Transition
+from .events import CallEvent, Event, OrderEvent, TaskEvent, TaskStatus, Transition
 
 logger = logging.getLogger("flask_callbot")
 
@@ -28,7 +28,7 @@ _MAX_ERROR_LENGTH = 2000
 
 
 def planned_signals(
-    event: TaskEvent, transition: Transition | None
+    event: Event, transition: Transition | None
 ) -> list[tuple[NamedSignal, dict[str, Any]]]:
     """The signals a delivery sends, in order, with their keyword arguments."""
     planned: list[tuple[NamedSignal, dict[str, Any]]] = [
@@ -43,10 +43,14 @@ def planned_signals(
                 planned.append((status_signal, change))
         if transition.applied:
             planned.append((signals.task_progress, {"event": event}))
+    elif isinstance(event, OrderEvent):
+        planned.append((signals.order_received, {"event": event}))
+    elif isinstance(event, CallEvent):
+        planned.append((signals.call_received, {"event": event}))
     return planned
 
 
-def send_signals(app: Flask, event: TaskEvent, transition: Transition | None) -> None:
+def send_signals(app: Flask, event: Event, transition: Transition | None) -> None:
     """Send every planned signal; if receivers raised, raise :class:`ReceiverFailed` at the end.
 
     A raising receiver stops the rest of that one signal's receivers (blinker's rule) but not the

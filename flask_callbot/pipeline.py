@@ -18,7 +18,7 @@ from flask import Flask
 from . import signals
 from .dispatch import send_signals
 from .errors import CallbotError, DeliveryInProgress, ReceiverFailed, RequestRejected
-from .events import CallbackKind, TaskEvent
+from .events import CallbackKind, Event
 from .schemas import build_event, decode_body
 from .signing import (
     AuthHeaders,
@@ -109,7 +109,7 @@ def _record_and_dispatch(
     kind: CallbackKind,
     auth: AuthHeaders,
     body: bytes,
-    event: TaskEvent,
+    event: Event,
 ) -> Reply:
     claim = state.store.record(
         NewDelivery(

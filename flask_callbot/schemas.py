@@ -13,10 +13,24 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, pre_load, validate
 
 from .errors import InvalidField, MalformedBody, MissingField
-from .events import CallbackKind, TaskEvent, TaskStat, TaskStatus, coerce_status
+from .events import (
+    Agent,
+    CallbackKind,
+    CallEvent,
+    CallInfo,
+    Event,
+    Intent,
+    OrderEvent,
+    Param,
+    Sms,
+    TaskEvent,
+    TaskStat,
+    TaskStatus,
+    coerce_status,
+)
 
 logger = logging.getLogger("flask_callbot")
 
@@ -52,6 +66,15 @@ def _float(key: str) -> fields.Float:
 
 def _str(key: str) -> fields.String:
     return fields.String(data_key=key, allow_none=True, load_default=None)
+
+
+def _bool(key: str) -> fields.Boolean:
+    return fields.Boolean(data_key=key, allow_none=True, load_default=None)
+
+
+def _list(key: str, schema: type[Schema]) -> fields.List[Any]:
+    """A list of nested objects; absent or null reads as an empty tuple."""
+    return fields.List(fields.Nested(schema), data_key=key, allow_none=True, load_default=None)
 
 
 def _required_id(key: str) -> fields.String:
@@ -100,7 +123,105 @@ class TaskCallbackSchema(_Lenient):
     stat = fields.Nested(TaskStatSchema, data_key="taskStat", allow_none=True, load_default=None)
 
 
+class IntentSchema(_Lenient):
+    intent_id = _str("intentID")
+    intent_tag = _str("intentTag")
+    intent_name = _str("intentName")
+    intent_level = _int("intentLevel")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Intent:
+        return Intent(**data)
+
+
+class SmsSchema(_Lenient):
+    sms_send_ts = _int("smsSendTs")
+    sys_message_id = _str("sysMessageID")
+    sms_content = _str("smsContent")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Sms:
+        return Sms(**data)
+
+
+class AgentSchema(_Lenient):
+    agent_name = _str("agentName")
+    agent_group = _str("agentGroup")
+    agent_label = _str("agentLabel")
+    agent_call_status = _int("agentCallStatus")
+    agent_call_elapsed = _int("agentCallElapsed")
+    manual_call_start = _int("manualCallStart")
+    manual_call_answer = _int("manualCallAnswer")
+    manual_call_end = _int("manualCallEnd")
+    manual_hangup_by = _int("manualHangupBy")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Agent:
+        return Agent(**data)
+
+
+class ParamSchema(_Lenient):
+    name = _str("name")
+    value = _str("value")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Param:
+        return Param(**data)
+
+
+class CallInfoSchema(_Lenient):
+    """``callInfoDetail``; only ``callID`` is required."""
+
+    call_id = _required_id("callID")
+    call_status = _int("callStatus")
+    call_start_ts = _int("callStartTs")
+    call_answer_ts = _int("callAnswerTs")
+    call_end_ts = _int("callEndTs")
+    call_duration = _int("callDuration")
+    call_audio_url = _str("callAudioUrl")
+    hangup_cause = _str("hangupCause")
+    term_sip_code = _str("termSipCode")
+    calling_number = _str("callingNumber")
+    line_address = _str("lineAddress")
+    intents = _list("intents", IntentSchema)
+    sms = _list("sms", SmsSchema)
+    agent = fields.Nested(AgentSchema, data_key="agent", allow_none=True, load_default=None)
+    params = _list("params", ParamSchema)
+    record_detail = fields.List(
+        fields.Raw(), data_key="recordDetail", allow_none=True, load_default=None
+    )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> CallInfo:
+        for name in ("intents", "sms", "params", "record_detail"):
+            data[name] = tuple(data[name] or ())
+        return CallInfo(**data)
+
+
+class NumberCallbackSchema(_Lenient):
+    """The orderCallback and callCallback body (the same shape)."""
+
+    callback_type = _int("callbackType")
+    order_id = _required_id("orderID")
+    task_id = _required_id("taskID")
+    call = fields.Nested(CallInfoSchema, data_key="callInfoDetail", required=True)
+    user_phone = _str("userPhone")
+    user_name = _str("userName")
+    scene_id = _str("sceneID")
+    user_task_id = _str("userTaskID")
+    finish = _bool("finish")
+    other = _str("other")
+
+    @pre_load
+    def _name_the_call_id(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        # An absent callInfoDetail is reported as its required callInfoDetail.callID.
+        if isinstance(data, dict) and data.get("callInfoDetail") is None:
+            return {**data, "callInfoDetail": {}}
+        return data
+
+
 _TASK_SCHEMA = TaskCallbackSchema()
+_NUMBER_SCHEMA = NumberCallbackSchema()
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
@@ -134,21 +255,20 @@ def _refuse_constant(name: str) -> Any:
     raise _DecodeRefusal(f"body contains {name}, which is not JSON")
 
 
-def load_task(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a task payload; the fields of :class:`TaskEvent` other than delivery metadata."""
-    return _load(_TASK_SCHEMA, payload)
-
-
-_LOADERS = {CallbackKind.TASK: load_task}
-_EVENT_TYPES = {CallbackKind.TASK: TaskEvent}
+_SCHEMAS: Mapping[CallbackKind, tuple[Schema, type[Event]]] = {
+    CallbackKind.TASK: (_TASK_SCHEMA, TaskEvent),
+    CallbackKind.ORDER: (_NUMBER_SCHEMA, OrderEvent),
+    CallbackKind.CALL: (_NUMBER_SCHEMA, CallEvent),
+}
 
 
 def build_event(
     kind: CallbackKind, payload: dict[str, Any], *, request_id: str, request_ts: int
-) -> TaskEvent:
+) -> Event:
     """Validate ``payload`` for ``kind`` and wrap it with its delivery's metadata."""
-    fields_ = _LOADERS[kind](payload)
-    return _EVENT_TYPES[kind](request_id=request_id, request_ts=request_ts, raw=payload, **fields_)
+    schema, event_type = _SCHEMAS[kind]
+    fields_ = _load(schema, payload)
+    return event_type(request_id=request_id, request_ts=request_ts, raw=payload, **fields_)
 
 
 def _load(schema: Schema, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flask import Flask
+from flask import Flask, current_app
 
 from .config import Settings
 from .errors import ConfigurationError
@@ -31,3 +31,8 @@ def get_state(app: Flask) -> CallbotState:
             "flask_callbot is not set up on this app: register create_blueprint() first"
         )
     return state
+
+
+def get_store(app: Flask | None = None) -> Store:
+    """The store of ``app`` (default: the current app): ask it about tasks, orders, deliveries."""
+    return get_state(app if app is not None else current_app._get_current_object()).store  # type: ignore[attr-defined]

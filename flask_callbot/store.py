@@ -8,6 +8,7 @@ never process a requestID twice and a task never moves backwards.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -26,7 +27,17 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from .errors import ConfigurationError, RequestIdReused, StoreUnavailable
-from .events import CallbackKind, TaskEvent, TaskStatus, Transition, coerce_status
+from .events import (
+    CallbackKind,
+    CallEvent,
+    Event,
+    Intent,
+    OrderEvent,
+    TaskEvent,
+    TaskStatus,
+    Transition,
+    coerce_status,
+)
 
 metadata = sa.MetaData()
 _BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -75,6 +86,36 @@ tasks = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True)),
 )
 
+orders = sa.Table(
+    "callbot_orders",
+    metadata,
+    sa.Column("task_id", sa.String(255), primary_key=True),
+    sa.Column("order_id", sa.String(255), primary_key=True),
+    sa.Column("user_task_id", sa.String(255)),
+    sa.Column("scene_id", sa.String(255)),
+    sa.Column("user_phone", sa.String(64)),
+    sa.Column("user_name", sa.Text),
+    sa.Column("finish", sa.Boolean),
+    sa.Column("other", sa.Text),
+    sa.Column("last_call_id", sa.String(255)),
+    sa.Column("last_call_status", sa.BigInteger),
+    sa.Column("last_call_start_ts", sa.BigInteger),
+    sa.Column("last_call_end_ts", sa.BigInteger),
+    sa.Column("last_call_duration", sa.BigInteger),
+    sa.Column("hangup_cause", sa.String(255)),
+    sa.Column("intents", sa.Text),
+    # The applied data's version: (call start, request time, kind rank); newer data wins.
+    sa.Column("version_request_ts", sa.BigInteger),
+    sa.Column("version_kind_rank", sa.Integer),
+    sa.Column("last_kind", sa.String(8)),
+    sa.Column("last_request_id", sa.String(128)),
+    sa.Column("callbacks", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.DateTime(timezone=True)),
+)
+
+#: An order callback carries the order's final word on a call; a call callback ranks below it.
+_KIND_RANK = {CallbackKind.CALL: 0, CallbackKind.ORDER: 1}
+
 _STAT_COLUMNS = (
     "answer_order_count",
     "finish_order_count",
@@ -116,7 +157,7 @@ class NewDelivery:
     request_ts: int
     headers: Mapping[str, str]
     body: bytes
-    event: TaskEvent
+    event: Event
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,6 +192,32 @@ class TaskState:
     updated_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderState:
+    """A tracked order (one phone number) as of its newest callback."""
+
+    task_id: str
+    order_id: str
+    user_task_id: str | None
+    scene_id: str | None
+    user_phone: str | None
+    user_name: str | None
+    finish: bool | None
+    other: str | None
+    last_call_id: str | None
+    last_call_status: int | None
+    last_call_start_ts: int | None
+    last_call_end_ts: int | None
+    last_call_duration: int | None
+    hangup_cause: str | None
+    intents: tuple[Intent, ...]
+    last_kind: CallbackKind
+    last_request_id: str
+    #: How many authentic callbacks (order and call) were recorded for this order.
+    callbacks: int
+    updated_at: datetime | None
+
+
 class Store:
     """One per app: owns the engine; tables are created on first use."""
 
@@ -168,18 +235,22 @@ class Store:
         """
         at = _utc(now)
         body_sha256 = hashlib.sha256(delivery.body).hexdigest()
+        event = delivery.event
         with self._transaction() as conn:
-            task_event = delivery.event if isinstance(delivery.event, TaskEvent) else None
             transition = None
-            if task_event is not None:
-                transition = _decide(self._lock_task(conn, task_event.task_id), task_event)
+            if isinstance(event, TaskEvent):
+                transition = _decide(_lock_row(conn, tasks, task_id=event.task_id), event)
+                applied = transition.applied
+            else:
+                key = {"task_id": event.task_id, "order_id": event.order_id}
+                applied = _order_is_newer(_lock_row(conn, orders, **key), delivery, event)
             inserted = conn.execute(
                 _insert(conn, deliveries)
                 .values(
                     request_id=delivery.request_id,
                     kind=delivery.kind.value,
-                    task_id=delivery.event.task_id,
-                    order_id=None,
+                    task_id=event.task_id,
+                    order_id=None if isinstance(event, TaskEvent) else event.order_id,
                     request_ts=delivery.request_ts,
                     received_at=at,
                     headers=json.dumps(dict(delivery.headers), sort_keys=True),
@@ -188,14 +259,18 @@ class Store:
                     outcome=Outcome.PENDING.value,
                     attempts=1,
                     claimed_at=at,
+                    applied=applied,
                     **_transition_columns(transition),
                 )
                 .on_conflict_do_nothing(index_elements=["request_id"])
             ).rowcount
             if not inserted:
                 return self._reclaim(conn, delivery.request_id, body_sha256, at, lease)
-            if task_event is not None and transition is not None and transition.applied:
-                _apply_task(conn, task_event, at)
+            if isinstance(event, TaskEvent):
+                if applied:
+                    _apply_task(conn, event, at)
+            else:
+                _apply_order(conn, delivery, event, applied=applied, at=at)
             return Claim(ClaimResult.NEW, transition)
 
     def finish(self, request_id: str, *, now: float, error: str | None = None) -> None:
@@ -222,6 +297,14 @@ class Store:
         with self._transaction() as conn:
             row = conn.execute(tasks.select().where(tasks.c.task_id == task_id)).first()
         return None if row is None or row.status is None else _task_state(row)
+
+    def get_order(self, task_id: str, order_id: str) -> OrderState | None:
+        """What the newest order or call callback said about one order of one task."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                orders.select().where(orders.c.task_id == task_id, orders.c.order_id == order_id)
+            ).first()
+        return None if row is None or row.last_request_id is None else _order_state(row)
 
     def create_schema(self) -> None:
         """Create the tables if they do not exist (idempotent, safe across processes)."""
@@ -272,15 +355,6 @@ class Store:
             if taken:
                 return Claim(ClaimResult.RETRY, _transition(row))
         return Claim(ClaimResult.IN_PROGRESS)
-
-    def _lock_task(self, conn: Connection, task_id: str) -> sa.Row[Any]:
-        """The task's row, locked for this transaction; a blank one is created on first sighting."""
-        query = tasks.select().where(tasks.c.task_id == task_id).with_for_update()
-        row = conn.execute(query).first()
-        if row is None:
-            conn.execute(_insert(conn, tasks).values(task_id=task_id).on_conflict_do_nothing())
-            row = conn.execute(query).one()
-        return row
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -344,6 +418,20 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _lock_row(conn: Connection, table: sa.Table, **key: str) -> sa.Row[Any]:
+    """The row with this primary key, locked for the transaction; a blank one on first sighting.
+
+    Inserting the blank row under ON CONFLICT DO NOTHING first means two workers seeing a new task
+    at once still queue on one row lock instead of both deciding "first sighting".
+    """
+    query = table.select().where(*(table.c[name] == value for name, value in key.items()))
+    row = conn.execute(query.with_for_update()).first()
+    if row is None:
+        conn.execute(_insert(conn, table).values(**key).on_conflict_do_nothing())
+        row = conn.execute(query.with_for_update()).one()
+    return row
+
+
 def _insert(conn: Connection, table: sa.Table) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (SQLite and PostgreSQL)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
@@ -381,13 +469,65 @@ def _apply_task(conn: Connection, event: TaskEvent, at: datetime) -> None:
     )
 
 
+def _order_version(call_start_ts: int | None, request_ts: int, rank: int) -> tuple[int, int, int]:
+    return (call_start_ts or 0, request_ts, rank)
+
+
+def _order_is_newer(row: sa.Row[Any], delivery: NewDelivery, event: OrderEvent | CallEvent) -> bool:
+    """Whether this order/call delivery is at least as new as what the order row holds.
+
+    Newer means a later call (by its start time), then a later request, then an order callback
+    over a call callback for the same call, so a late call callback never overwrites the order.
+    """
+    if row.last_request_id is None:
+        return True
+    stored = _order_version(row.last_call_start_ts, row.version_request_ts, row.version_kind_rank)
+    incoming = _order_version(
+        event.call.call_start_ts, delivery.request_ts, _KIND_RANK[delivery.kind]
+    )
+    return incoming >= stored
+
+
+def _apply_order(
+    conn: Connection,
+    delivery: NewDelivery,
+    event: OrderEvent | CallEvent,
+    *,
+    applied: bool,
+    at: datetime,
+) -> None:
+    where = (orders.c.task_id == event.task_id, orders.c.order_id == event.order_id)
+    values: dict[str, Any] = {"callbacks": orders.c.callbacks + 1, "updated_at": at}
+    if applied:
+        call = event.call
+        values.update(
+            user_task_id=event.user_task_id,
+            scene_id=event.scene_id,
+            user_phone=event.user_phone,
+            user_name=event.user_name,
+            finish=event.finish,
+            other=event.other,
+            last_call_id=call.call_id,
+            last_call_status=call.call_status,
+            last_call_start_ts=call.call_start_ts,
+            last_call_end_ts=call.call_end_ts,
+            last_call_duration=call.call_duration,
+            hangup_cause=call.hangup_cause,
+            intents=json.dumps([dataclasses.asdict(intent) for intent in call.intents]),
+            version_request_ts=delivery.request_ts,
+            version_kind_rank=_KIND_RANK[delivery.kind],
+            last_kind=delivery.kind.value,
+            last_request_id=delivery.request_id,
+        )
+    conn.execute(orders.update().where(*where).values(**values))
+
+
 def _transition_columns(transition: Transition | None) -> dict[str, Any]:
     if transition is None:
         return {}
     return {
         "previous_status": None if transition.previous is None else int(transition.previous),
         "status": int(transition.status),
-        "applied": transition.applied,
         "changed": transition.changed,
     }
 
@@ -431,6 +571,30 @@ def _task_state(row: Any) -> TaskState:
         last_request_id=row.last_request_id,
         create_ts=row.create_ts,
         stats={name: getattr(row, name) for name in _STAT_COLUMNS},
+        updated_at=None if row.updated_at is None else _aware(row.updated_at),
+    )
+
+
+def _order_state(row: Any) -> OrderState:
+    return OrderState(
+        task_id=row.task_id,
+        order_id=row.order_id,
+        user_task_id=row.user_task_id,
+        scene_id=row.scene_id,
+        user_phone=row.user_phone,
+        user_name=row.user_name,
+        finish=row.finish,
+        other=row.other,
+        last_call_id=row.last_call_id,
+        last_call_status=row.last_call_status,
+        last_call_start_ts=row.last_call_start_ts,
+        last_call_end_ts=row.last_call_end_ts,
+        last_call_duration=row.last_call_duration,
+        hangup_cause=row.hangup_cause,
+        intents=tuple(Intent(**item) for item in json.loads(row.intents or "[]")),
+        last_kind=CallbackKind(row.last_kind),
+        last_request_id=row.last_request_id,
+        callbacks=row.callbacks,
         updated_at=None if row.updated_at is None else _aware(row.updated_at),
     )
 

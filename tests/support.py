@@ -54,6 +54,88 @@ def task_payload(**overrides: Any) -> dict[str, Any]:
     return payload
 
 
+def number_payload(**overrides: Any) -> dict[str, Any]:
+    """A realistic order/call callback: several intents, Chinese text, a full agent, drift."""
+    payload: dict[str, Any] = {
+        "callbackType": "2",
+        "orderID": "order-0001",
+        "userPhone": "8613800138000",
+        "userName": "王小明",
+        "sceneID": "S7",
+        "userTaskID": "crm-campaign-42",
+        "taskID": "T100",
+        "finish": True,
+        "other": "crm-contact=991",
+        "newTopLevelField": {"since": "2026"},
+        "callInfoDetail": {
+            "callID": "call-0001",
+            "callStatus": 1,
+            "callStartTs": 1_799_999_000,
+            "callAnswerTs": 1_799_999_005,
+            "callEndTs": 1_799_999_065,
+            "callDuration": 60,
+            "callAudioUrl": "https://records.example/call-0001.wav",
+            "hangupCause": "NORMAL_CLEARING",
+            "termSipCode": "200",
+            "callingNumber": "02150000000",
+            "lineAddress": "sip-line-3",
+            "newCallField": 1,
+            "intents": [
+                {
+                    "intentID": "i1",
+                    "intentTag": "interested",
+                    "intentName": "有意向",
+                    "intentLevel": 1,
+                    "newIntentField": "x",
+                },
+                {
+                    "intentID": "i2",
+                    "intentTag": "callback",
+                    "intentName": "要求回电",
+                    "intentLevel": "2",
+                },
+                {
+                    "intentID": "i3",
+                    "intentTag": "price",
+                    "intentName": "询问价格",
+                    "intentLevel": 3,
+                },
+            ],
+            "sms": [
+                {
+                    "smsSendTs": 1_799_999_070,
+                    "sysMessageID": "m-1",
+                    "smsContent": "您好，感谢您的接听！",
+                    "newSmsField": True,
+                },
+            ],
+            "agent": {
+                "agentName": "李雷",
+                "agentGroup": "sales",
+                "agentLabel": "senior",
+                "agentCallStatus": 1,
+                "agentCallElapsed": 42,
+                "manualCallStart": 1_799_999_020,
+                "manualCallAnswer": 1_799_999_021,
+                "manualCallEnd": 1_799_999_063,
+                "manualHangupBy": 2,
+                "newAgentField": None,
+            },
+            "params": [
+                {"name": "product", "value": "宽带套餐"},
+                {"name": "discount", "value": "20%", "newParamField": 0},
+            ],
+            "recordDetail": [{"role": "bot", "text": "您好"}],
+        },
+    }
+    payload.update(overrides)
+    return payload
+
+
+def payload_for(kind: str, **overrides: Any) -> dict[str, Any]:
+    return task_payload(**overrides) if kind == "task" else number_payload(**overrides)
+
+
 class Sender:
     """Signs and posts callbacks as the vendor does: serialise once, sign those bytes, post them."""
 

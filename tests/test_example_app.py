@@ -11,7 +11,7 @@ import pytest
 
 from example_app import DEV_SECRET_KEY, DEV_UUID, create_app
 
-from support import SECRET, UUID, Clock, Sender, assert_reply, task_payload
+from support import SECRET, UUID, Clock, Sender, assert_reply, number_payload, task_payload
 
 
 @pytest.fixture
@@ -63,3 +63,33 @@ def test_logs_each_transition_in_one_line(
     ]
     assert sum("progress" in r.getMessage() for r in caplog.records) == 5
     assert json.dumps(task_payload()) not in caplog.text  # bodies never reach the log
+
+
+def test_follow_up_on_intent_and_finished_orders(
+    env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.setenv("CALLBOT_EXAMPLE_DEV_MODE", "1")
+    app = create_app({"EXAMPLE_FOLLOW_UP_INTENT": "callback"})
+    sender = Sender(app.test_client(), Clock(time.time()))
+    no_intent = number_payload(orderID="order-0002")
+    no_intent["callInfoDetail"]["intents"] = []
+    with caplog.at_level(logging.INFO, logger="example_app"):
+        for kind, payload in (("call", number_payload()), ("call", no_intent)):
+            assert_reply(
+                sender.post(kind, payload, secret_key=DEV_SECRET_KEY, uuid=DEV_UUID), 200, 0
+            )
+        assert_reply(
+            sender.post("order", number_payload(), secret_key=DEV_SECRET_KEY, uuid=DEV_UUID),
+            200,
+            0,
+        )
+    messages = [r.getMessage() for r in caplog.records if r.name == "example_app"]
+    assert [m for m in messages if m.startswith("follow-up")] == [
+        "follow-up: order order-0001 of task T100 hit intent 'callback'; "
+        "an SMS would go to *********8000"
+    ]
+    assert (
+        "order order-0001 of task T100: finished, last call call-0001 status 1, 60s, "
+        "intents interested,callback,price"
+    ) in messages
+    assert "8613800138000" not in caplog.text

@@ -1,4 +1,4 @@
-"""Every row of the reply table on the task route: HTTP status, retCode, signals, storage."""
+"""Every row of the reply table on all three routes: HTTP status, retCode, signals, storage."""
 
 from __future__ import annotations
 
@@ -15,17 +15,34 @@ from flask_callbot.testing import SentSignal, record_signals, sign_headers
 
 from support import (
     NOW,
+    ROUTES,
     SECRET,
     UUID,
     Clock,
     Sender,
     assert_reply,
     names,
+    payload_for,
     stored_count,
     task_payload,
 )
 
-ACCEPTED = ["callback-received", "task-status-changed", "task-started", "task-progress"]
+ACCEPTED = {
+    "task": ["callback-received", "task-status-changed", "task-started", "task-progress"],
+    "order": ["callback-received", "order-received"],
+    "call": ["callback-received", "call-received"],
+}
+#: Removing these from the payload leaves it without its required fields.
+REQUIRED = {
+    "task": (["taskID", "taskStatus"], "taskID, taskStatus"),
+    "order": (["orderID", "taskID"], "orderID, taskID"),
+    "call": (["orderID", "callInfoDetail"], "callInfoDetail.callID, orderID"),
+}
+
+
+@pytest.fixture(params=["task", "order", "call"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def rejected(sent: list[SentSignal]) -> list[tuple[str, str | None]]:
@@ -33,10 +50,10 @@ def rejected(sent: list[SentSignal]) -> list[tuple[str, str | None]]:
     return [(s.kwargs["reason"], s.kwargs["request_id"]) for s in sent]
 
 
-def test_accepted(app: Flask, sender: Sender, sent: list[SentSignal]) -> None:
-    body = assert_reply(sender.post("task", task_payload(), request_id="r-1"), 200, 0)
+def test_accepted(app: Flask, sender: Sender, sent: list[SentSignal], kind: str) -> None:
+    body = assert_reply(sender.post(kind, payload_for(kind), request_id="r-1"), 200, 0)
     assert body["retMsg"] == "success"
-    assert names(sent) == ACCEPTED
+    assert names(sent) == ACCEPTED[kind]
     assert sent[0].sender is app
     assert sent[0].kwargs["event"].request_id == "r-1"
     assert stored_count(app) == 1
@@ -49,17 +66,17 @@ def test_reply_ids_are_fresh(sender: Sender) -> None:
 
 
 def test_duplicate_is_acknowledged_without_signals(
-    app: Flask, sender: Sender, sent: list[SentSignal]
+    app: Flask, sender: Sender, sent: list[SentSignal], kind: str
 ) -> None:
-    assert_reply(sender.post("task", task_payload(), request_id="dup"), 200, 0)
+    assert_reply(sender.post(kind, payload_for(kind), request_id="dup"), 200, 0)
     sent.clear()
-    body = assert_reply(sender.post("task", task_payload(), request_id="dup"), 200, 0)
+    body = assert_reply(sender.post(kind, payload_for(kind), request_id="dup"), 200, 0)
     assert "duplicate" in body["retMsg"]
     assert sent == []
     assert stored_count(app) == 1
 
 
-def test_same_request_id_while_the_first_is_processing(app: Flask, clock: Clock) -> None:
+def test_same_request_id_while_the_first_is_processing(app: Flask, clock: Clock, kind: str) -> None:
     entered, release = threading.Event(), threading.Event()
 
     def slow(sender: Any, **extra: Any) -> None:
@@ -71,14 +88,14 @@ def test_same_request_id_while_the_first_is_processing(app: Flask, clock: Clock)
     try:
         first = threading.Thread(
             target=lambda: replies.append(
-                Sender(app.test_client(), clock).post("task", task_payload(), request_id="busy")
+                Sender(app.test_client(), clock).post(kind, payload_for(kind), request_id="busy")
             )
         )
         first.start()
         assert entered.wait(10)
         with record_signals(sender=app) as sent:
             second = Sender(app.test_client(), clock).post(
-                "task", task_payload(), request_id="busy"
+                kind, payload_for(kind), request_id="busy"
             )
         assert_reply(second, 409, 7)
         assert sent == []
@@ -106,12 +123,12 @@ def test_stale_update_is_recorded_not_applied(
 
 @pytest.mark.parametrize("header", ["requestID", "uuid", "createTs", "sign"])
 def test_missing_auth_header(
-    app: Flask, sender: Sender, sent: list[SentSignal], header: str
+    app: Flask, sender: Sender, sent: list[SentSignal], header: str, kind: str
 ) -> None:
-    body = json.dumps(task_payload()).encode()
+    body = json.dumps(payload_for(kind)).encode()
     headers = sign_headers(body, secret_key=SECRET, uuid=UUID, create_ts=NOW, request_id="m-1")
     del headers[header]
-    reply = sender.client.post("/api/v3/taskCallback", data=body, headers=headers)
+    reply = sender.client.post(ROUTES[kind], data=body, headers=headers)
     assert header in assert_reply(reply, 401, 6001)["retMsg"]
     expected_id = None if header == "requestID" else "m-1"
     assert rejected(sent) == [("missing-auth-header", expected_id)]
@@ -131,9 +148,14 @@ def test_missing_auth_header(
     ],
 )
 def test_refused_auth(
-    app: Flask, sender: Sender, sent: list[SentSignal], options: dict[str, Any], reason: str
+    app: Flask,
+    sender: Sender,
+    sent: list[SentSignal],
+    options: dict[str, Any],
+    reason: str,
+    kind: str,
 ) -> None:
-    assert_reply(sender.post("task", task_payload(), request_id="a-1", **options), 401, 6)
+    assert_reply(sender.post(kind, payload_for(kind), request_id="a-1", **options), 401, 6)
     assert rejected(sent) == [(reason, "a-1")]
     assert stored_count(app) == 0
 
@@ -143,8 +165,10 @@ def test_window_edges_are_accepted(sender: Sender) -> None:
     assert_reply(sender.post("task", task_payload(), create_ts=NOW + 60), 200, 0)
 
 
-def test_uuid_that_is_not_ours(app: Flask, sender: Sender, sent: list[SentSignal]) -> None:
-    reply = sender.post("task", task_payload(), request_id="u-1", uuid="SomeoneElse123")
+def test_uuid_that_is_not_ours(
+    app: Flask, sender: Sender, sent: list[SentSignal], kind: str
+) -> None:
+    reply = sender.post(kind, payload_for(kind), request_id="u-1", uuid="SomeoneElse123")
     assert_reply(reply, 401, 6002)
     assert rejected(sent) == [("unknown-account", "u-1")]
     assert stored_count(app) == 0
@@ -152,18 +176,22 @@ def test_uuid_that_is_not_ours(app: Flask, sender: Sender, sent: list[SentSignal
 
 @pytest.mark.parametrize("body", [b"not json", b"\xff\xfe\x00", b"[1]", b'{"a": NaN}'])
 def test_body_not_a_json_object(
-    app: Flask, sender: Sender, sent: list[SentSignal], body: bytes
+    app: Flask, sender: Sender, sent: list[SentSignal], body: bytes, kind: str
 ) -> None:
-    assert_reply(sender.post("task", body, request_id="b-1"), 400, 3)
+    assert_reply(sender.post(kind, body, request_id="b-1"), 400, 3)
     assert rejected(sent) == [("malformed-body", "b-1")]
     assert stored_count(app) == 0
 
 
-def test_required_field_missing(app: Flask, sender: Sender, sent: list[SentSignal]) -> None:
-    payload = task_payload()
-    del payload["taskID"], payload["taskStatus"]
-    body = assert_reply(sender.post("task", payload), 400, 2)
-    assert body["retMsg"] == "missing required field(s): taskID, taskStatus"
+def test_required_field_missing(
+    app: Flask, sender: Sender, sent: list[SentSignal], kind: str
+) -> None:
+    payload = payload_for(kind)
+    removed, named = REQUIRED[kind]
+    for field in removed:
+        del payload[field]
+    body = assert_reply(sender.post(kind, payload), 400, 2)
+    assert body["retMsg"] == f"missing required field(s): {named}"
     assert [s.kwargs["reason"] for s in sent] == ["missing-field"]
     assert stored_count(app) == 0
 
@@ -171,17 +199,23 @@ def test_required_field_missing(app: Flask, sender: Sender, sent: list[SentSigna
 def test_field_with_wrong_value(app: Flask, sender: Sender, sent: list[SentSignal]) -> None:
     reply = sender.post("task", task_payload(taskStat={"totalCall": "many"}))
     assert "taskStat.totalCall" in assert_reply(reply, 400, 4)["retMsg"]
-    assert [s.kwargs["reason"] for s in sent] == ["invalid-field"]
+    payload = payload_for("call")
+    payload["callInfoDetail"]["intents"][1]["intentLevel"] = "high"
+    reply = sender.post("call", payload)
+    assert "callInfoDetail.intents.1.intentLevel" in assert_reply(reply, 400, 4)["retMsg"]
+    reply = sender.post("order", payload_for("order", finish="maybe"))
+    assert "finish" in assert_reply(reply, 400, 4)["retMsg"]
+    assert [s.kwargs["reason"] for s in sent] == ["invalid-field"] * 3
     assert stored_count(app) == 0
 
 
-def test_body_over_the_limit(make_app: Callable[..., Flask], clock: Clock) -> None:
-    app = make_app(CALLBOT_MAX_CONTENT_LENGTH=2048)
+def test_body_over_the_limit(make_app: Callable[..., Flask], clock: Clock, kind: str) -> None:
+    app = make_app(CALLBOT_MAX_CONTENT_LENGTH=4096)
     sender = Sender(app.test_client(), clock)
     with record_signals(sender=app) as sent:
-        big = task_payload(padding="x" * 2048)
-        assert_reply(sender.post("task", big, request_id="big"), 413, 4)
-        assert_reply(sender.post("task", task_payload()), 200, 0)
+        big = payload_for(kind, padding="x" * 4096)
+        assert_reply(sender.post(kind, big, request_id="big"), 413, 4)
+        assert_reply(sender.post(kind, payload_for(kind)), 200, 0)
     assert rejected(sent[:1]) == [("payload-too-large", "big")]
     assert stored_count(app) == 1
 
@@ -195,36 +229,36 @@ def test_default_limit_is_one_mebibyte(app: Flask, sender: Sender) -> None:
     assert_reply(sender.post("task", payload), 413, 4)
 
 
-def test_receiver_raised(app: Flask, sender: Sender, sent: list[SentSignal]) -> None:
+def test_receiver_raised(app: Flask, sender: Sender, sent: list[SentSignal], kind: str) -> None:
     def broken(sender: Any, **extra: Any) -> None:
         raise RuntimeError("CRM is down")
 
-    signals.task_started.connect(broken, app, weak=False)
+    signals.callback_received.connect(broken, app, weak=False)
     try:
-        body = assert_reply(sender.post("task", task_payload(), request_id="f-1"), 500, 5001)
+        body = assert_reply(sender.post(kind, payload_for(kind), request_id="f-1"), 500, 5001)
     finally:
-        signals.task_started.disconnect(broken, app)
+        signals.callback_received.disconnect(broken, app)
     assert "CRM is down" in body["retMsg"]
-    assert names(sent) == ACCEPTED  # the later signals were still sent
+    assert names(sent) == ACCEPTED[kind]  # the later signals were still sent
     delivery = app.extensions["callbot"].store.get_delivery("f-1")
     assert delivery.outcome == "failed"
-    assert "task-started: RuntimeError: CRM is down" in delivery.error
+    assert "callback-received: RuntimeError: CRM is down" in delivery.error
 
 
 def test_store_unreachable_then_back(
-    tmp_path: Any, make_app: Callable[..., Flask], clock: Clock
+    tmp_path: Any, make_app: Callable[..., Flask], clock: Clock, kind: str
 ) -> None:
     folder = tmp_path / "not-yet"
     app = make_app(CALLBOT_DATABASE_URL=f"sqlite:///{folder / 'callbot.sqlite3'}")
     sender = Sender(app.test_client(), clock)
     with record_signals(sender=app) as sent:
-        assert_reply(sender.post("task", task_payload(), request_id="s-1"), 503, 7)
+        assert_reply(sender.post(kind, payload_for(kind), request_id="s-1"), 503, 7)
         assert sent == []
         folder.mkdir()  # the database comes back: no restart needed
-        assert_reply(sender.post("task", task_payload(), request_id="s-1"), 200, 0)
-    assert names(sent) == ACCEPTED
+        assert_reply(sender.post(kind, payload_for(kind), request_id="s-1"), 200, 0)
+    assert names(sent) == ACCEPTED[kind]
 
 
-def test_only_post_is_routed(sender: Sender) -> None:
+def test_only_post_is_routed(sender: Sender, kind: str) -> None:
     for method in ("GET", "PUT", "DELETE"):
-        assert sender.client.open("/api/v3/taskCallback", method=method).status_code == 405
+        assert sender.client.open(ROUTES[kind], method=method).status_code == 405
