@@ -1,4 +1,4 @@
-"""Telling the host app what a recorded delivery means: which signals, in which order.
+"""Processing a recorded delivery: which signals, in which order, then its outcome.
 
 Used for a fresh delivery, a redelivery of a failed one, and a replay, so all three send exactly
 the same signals from the same stored transition.
@@ -13,8 +13,11 @@ from blinker import NamedSignal
 from flask import Flask
 
 from . import signals
-from .errors import ReceiverFailed
+from .errors import CallbotError, ReceiverFailed
 from .events import CallEvent, Event, OrderEvent, TaskEvent, TaskStatus, Transition
+from .schemas import build_event, decode_body
+from .state import CallbotState, get_state
+from .store import StoredDelivery
 
 logger = logging.getLogger("flask_callbot")
 
@@ -50,6 +53,41 @@ def planned_signals(
     return planned
 
 
+def process(app: Flask, event: Event, transition: Transition | None) -> None:
+    """Send the delivery's signals, then mark it processed, or failed (and re-raise)."""
+    state = get_state(app)
+    try:
+        send_signals(app, event, transition)
+    except ReceiverFailed as exc:
+        _finish(state, event.request_id, error=exc.message)
+        raise
+    _finish(state, event.request_id)
+
+
+def replay(app: Flask, request_id: str) -> StoredDelivery:
+    """Run a stored delivery through the receivers again (any outcome but in progress).
+
+    Raises :class:`LookupError` for an unknown requestID, ``DeliveryInProgress`` while a worker
+    holds it, ``ReceiverFailed`` if receivers raised again.
+    """
+    state = get_state(app)
+    delivery = state.store.claim_for_replay(
+        request_id, now=state.clock(), lease=state.settings.processing_timeout
+    )
+    process(app, load_event(delivery), delivery.transition)
+    return delivery
+
+
+def load_event(delivery: StoredDelivery) -> Event:
+    """The event of a stored delivery, rebuilt from its recorded body."""
+    return build_event(
+        delivery.kind,
+        decode_body(delivery.body),
+        request_id=delivery.request_id,
+        request_ts=delivery.request_ts,
+    )
+
+
 def send_signals(app: Flask, event: Event, transition: Transition | None) -> None:
     """Send every planned signal; if receivers raised, raise :class:`ReceiverFailed` at the end.
 
@@ -77,3 +115,11 @@ def _status_signal(transition: Transition) -> NamedSignal | None:
             return signals.task_resumed
         return signals.task_started
     return _STATUS_SIGNALS.get(transition.status)
+
+
+def _finish(state: CallbotState, request_id: str, *, error: str | None = None) -> None:
+    """Mark the outcome; if the store fails now, the receivers' work stands: log, do not undo."""
+    try:
+        state.store.finish(request_id, now=state.clock(), error=error)
+    except CallbotError:
+        logger.exception("callbot: could not mark request_id=%s finished", request_id)

@@ -16,8 +16,8 @@ from typing import Any
 from flask import Flask
 
 from . import signals
-from .dispatch import send_signals
-from .errors import CallbotError, DeliveryInProgress, ReceiverFailed, RequestRejected
+from .dispatch import process
+from .errors import CallbotError, DeliveryInProgress, RequestRejected
 from .events import CallbackKind, Event
 from .schemas import build_event, decode_body
 from .signing import (
@@ -128,12 +128,7 @@ def _record_and_dispatch(
         return Reply(200, 0, "duplicate delivery: already processed")
     if claim.result is ClaimResult.IN_PROGRESS:
         raise DeliveryInProgress(f"requestID {auth.request_id} is being processed; retry later")
-    try:
-        send_signals(app, event, claim.transition)
-    except ReceiverFailed as exc:
-        _finish(state, auth.request_id, error=exc.message)
-        raise
-    _finish(state, auth.request_id)
+    process(app, event, claim.transition)
     stale = claim.transition is not None and not claim.transition.applied
     logger.info(
         "callbot: processed request_id=%s kind=%s claim=%s%s",
@@ -143,11 +138,3 @@ def _record_and_dispatch(
         " stale" if stale else "",
     )
     return Reply(200, 0, "stale update: recorded, not applied" if stale else "success")
-
-
-def _finish(state: CallbotState, request_id: str, *, error: str | None = None) -> None:
-    """Mark the outcome; if the store fails now, the receivers' work stands: log, do not undo."""
-    try:
-        state.store.finish(request_id, now=state.clock(), error=error)
-    except CallbotError:
-        logger.exception("callbot: could not mark request_id=%s finished", request_id)

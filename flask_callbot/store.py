@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import threading
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from .errors import ConfigurationError, RequestIdReused, StoreUnavailable
+from .errors import ConfigurationError, DeliveryInProgress, RequestIdReused, StoreUnavailable
 from .events import (
     CallbackKind,
     CallEvent,
@@ -38,6 +40,9 @@ from .events import (
     Transition,
     coerce_status,
 )
+
+#: Bumped whenever the tables change; each bump adds its step to ``_MIGRATIONS``.
+SCHEMA_VERSION = 1
 
 metadata = sa.MetaData()
 _BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -112,6 +117,17 @@ orders = sa.Table(
     sa.Column("callbacks", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.DateTime(timezone=True)),
 )
+
+schema_version = sa.Table(
+    "callbot_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: ``version -> step`` that upgrades tables at ``version - 1`` to ``version``, run in order by
+#: :meth:`Store.create_schema` under the schema lock. Empty while version 1 is the only one.
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 
 #: An order callback carries the order's final word on a call; a call callback ranks below it.
 _KIND_RANK = {CallbackKind.CALL: 0, CallbackKind.ORDER: 1}
@@ -225,6 +241,10 @@ class Store:
         self.engine = create_engine(url, engine_options or {})
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        # A server forking after the store was made (gunicorn --preload) must not share
+        # connections with its parent: children drop the inherited pool without closing it.
+        engine_ref = weakref.ref(self.engine)
+        os.register_at_fork(after_in_child=lambda: _drop_pool(engine_ref))
 
     def record(self, delivery: NewDelivery, *, now: float, lease: int) -> Claim:
         """Claim the requestID and apply the delivery, in one transaction.
@@ -263,7 +283,8 @@ class Store:
                     **_transition_columns(transition),
                 )
                 .on_conflict_do_nothing(index_elements=["request_id"])
-            ).rowcount
+                .returning(deliveries.c.id)  # rowcount is not reliable here across drivers
+            ).first()
             if not inserted:
                 return self._reclaim(conn, delivery.request_id, body_sha256, at, lease)
             if isinstance(event, TaskEvent):
@@ -293,6 +314,110 @@ class Store:
             ).first()
         return None if row is None else _stored_delivery(row)
 
+    def claim_for_replay(self, request_id: str, *, now: float, lease: int) -> StoredDelivery:
+        """Take a stored delivery for a replay, as a redelivery would: never one in progress."""
+        at = _utc(now)
+        with self._transaction() as conn:
+            claimed = conn.execute(
+                deliveries.update()
+                .where(
+                    deliveries.c.request_id == request_id,
+                    sa.or_(
+                        deliveries.c.outcome != Outcome.PENDING.value,
+                        deliveries.c.claimed_at <= _utc(now - lease),
+                    ),
+                )
+                .values(
+                    outcome=Outcome.PENDING.value,
+                    attempts=deliveries.c.attempts + 1,
+                    claimed_at=at,
+                    error=None,
+                    finished_at=None,
+                )
+                .returning(*deliveries.c)
+            ).first()
+            if claimed is not None:
+                return _stored_delivery(claimed)
+            exists = conn.execute(
+                sa.select(deliveries.c.id).where(deliveries.c.request_id == request_id)
+            ).first()
+        if exists is None:
+            raise LookupError(f"no delivery with requestID {request_id}")
+        raise DeliveryInProgress(f"requestID {request_id} is being processed right now")
+
+    def list_deliveries(
+        self,
+        *,
+        outcome: Outcome | None = None,
+        task_id: str | None = None,
+        kind: CallbackKind | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = 50,
+    ) -> list[StoredDelivery]:
+        """Recorded deliveries, newest first, filtered by any of the arguments."""
+        query = deliveries.select().order_by(deliveries.c.id.desc()).limit(limit)
+        if outcome is not None:
+            query = query.where(deliveries.c.outcome == outcome.value)
+        if task_id is not None:
+            query = query.where(deliveries.c.task_id == task_id)
+        if kind is not None:
+            query = query.where(deliveries.c.kind == kind.value)
+        if since is not None:
+            query = query.where(deliveries.c.received_at >= _in_utc(since))
+        if until is not None:
+            query = query.where(deliveries.c.received_at < _in_utc(until))
+        with self._transaction() as conn:
+            return [_stored_delivery(row) for row in conn.execute(query)]
+
+    def failed_request_ids(self) -> list[str]:
+        """The requestIDs of failed deliveries, oldest first (the order to replay them in)."""
+        with self._transaction() as conn:
+            return list(
+                conn.execute(
+                    sa.select(deliveries.c.request_id)
+                    .where(deliveries.c.outcome == Outcome.FAILED.value)
+                    .order_by(deliveries.c.id)
+                ).scalars()
+            )
+
+    def list_tasks(self, *, limit: int | None = None) -> list[TaskState]:
+        """The tracked tasks, most recently updated first."""
+        query = (
+            tasks.select()
+            .where(tasks.c.status.is_not(None))
+            .order_by(tasks.c.updated_at.desc(), tasks.c.task_id)
+            .limit(limit)
+        )
+        with self._transaction() as conn:
+            return [_task_state(row) for row in conn.execute(query)]
+
+    def prune(
+        self, *, before: datetime, include_failed: bool = False, batch_size: int = 1000
+    ) -> Iterator[int]:
+        """Delete deliveries received before ``before``, a batch per transaction.
+
+        Yields the number deleted by each batch (for progress). Deliveries in progress are always
+        kept, failed ones unless ``include_failed``: they are what ``replay --failed`` works on.
+        """
+        batch = (
+            sa.select(deliveries.c.id).where(_prunable(before, include_failed)).limit(batch_size)
+        )
+        while True:
+            with self._transaction() as conn:
+                ids = list(conn.execute(batch).scalars())
+                if ids:
+                    conn.execute(deliveries.delete().where(deliveries.c.id.in_(ids)))
+            if not ids:
+                return
+            yield len(ids)
+
+    def count_prunable(self, *, before: datetime, include_failed: bool = False) -> int:
+        """How many deliveries :meth:`prune` with the same arguments would delete."""
+        query = sa.select(sa.func.count()).where(_prunable(before, include_failed))
+        with self._transaction() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def get_task(self, task_id: str) -> TaskState | None:
         with self._transaction() as conn:
             row = conn.execute(tasks.select().where(tasks.c.task_id == task_id)).first()
@@ -307,10 +432,35 @@ class Store:
         return None if row is None or row.last_request_id is None else _order_state(row)
 
     def create_schema(self) -> None:
-        """Create the tables if they do not exist (idempotent, safe across processes)."""
-        with self._translate_errors():
-            metadata.create_all(self.engine, checkfirst=True)
+        """Create or upgrade the tables to :data:`SCHEMA_VERSION` (idempotent, safe across hosts).
+
+        One process at a time does it (a PostgreSQL advisory lock; SQLite's write lock); the
+        version is recorded in ``callbot_schema_version``. A database written by a newer
+        flask_callbot is refused rather than misread.
+        """
+        with self._translate_errors(), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            metadata.create_all(conn, checkfirst=True)
+            current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+            if current is None:  # tables just created at the current version
+                current = SCHEMA_VERSION - 1
+            elif current > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"the callbot tables are at schema version {current}, newer than this "
+                    f"flask_callbot ({SCHEMA_VERSION}): upgrade the package"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                if version in _MIGRATIONS:
+                    _MIGRATIONS[version](conn)
+                conn.execute(
+                    schema_version.insert().values(version=version, applied_at=datetime.now(UTC))
+                )
         self._schema_ready = True
+
+    def get_schema_version(self) -> int | None:
+        with self._transaction() as conn:
+            return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -378,6 +528,15 @@ class Store:
             raise
 
 
+_LOCK_KEY = 0x43414C4C424F54  # "CALLBOT": the advisory lock that serialises schema changes
+
+
+def _drop_pool(engine_ref: weakref.ref[Engine]) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.dispose(close=False)
+
+
 def create_engine(url: str, options: Mapping[str, Any]) -> Engine:
     """An engine tuned for the backend: SQLite gets WAL, a busy timeout and write-locking BEGINs."""
     try:
@@ -430,6 +589,11 @@ def _lock_row(conn: Connection, table: sa.Table, **key: str) -> sa.Row[Any]:
         conn.execute(_insert(conn, table).values(**key).on_conflict_do_nothing())
         row = conn.execute(query.with_for_update()).one()
     return row
+
+
+def _prunable(before: datetime, include_failed: bool) -> sa.ColumnElement[bool]:
+    kept = [Outcome.PENDING.value] + ([] if include_failed else [Outcome.FAILED.value])
+    return sa.and_(deliveries.c.received_at < _in_utc(before), deliveries.c.outcome.not_in(kept))
 
 
 def _insert(conn: Connection, table: sa.Table) -> Any:
@@ -601,6 +765,11 @@ def _order_state(row: Any) -> OrderState:
 
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _in_utc(value: datetime) -> datetime:
+    """Compare in UTC: SQLite stores datetimes as naive UTC text and drops a bound value's zone."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _aware(value: datetime) -> datetime:

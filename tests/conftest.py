@@ -1,17 +1,52 @@
-"""Fixtures: a real app, a real test client, a real SQLite store, an adjustable clock."""
+"""Fixtures: a real app, a real test client, a real store (SQLite; PostgreSQL when asked)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
 from flask_callbot import create_blueprint
 from flask_callbot.testing import SentSignal, record_signals
 
-from support import SECRET, UUID, Clock, Sender
+from support import POSTGRES_URL, SECRET, UUID, Clock, Sender
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """Every store-backed test runs on SQLite, and on PostgreSQL when CALLBOT_TEST_POSTGRES_URL
+    names a server: each test gets a schema of its own there, dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'callbot.sqlite3'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("set CALLBOT_TEST_POSTGRES_URL to run the PostgreSQL tests")
+    with postgres_schema() as url:
+        yield url
+
+
+class postgres_schema:
+    """A fresh PostgreSQL schema; the URL it yields puts it first on the search path."""
+
+    def __enter__(self) -> str:
+        assert POSTGRES_URL
+        self.name = f"callbot_test_{uuid.uuid4().hex[:12]}"
+        self.admin = sa.create_engine(POSTGRES_URL, poolclass=sa.pool.NullPool)
+        with self.admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{self.name}"'))
+        url = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={self.name}"})
+        return url.render_as_string(hide_password=False)
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self.admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{self.name}" CASCADE'))
+        self.admin.dispose()
 
 
 @pytest.fixture
@@ -20,8 +55,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make_app(tmp_path: Any, clock: Clock) -> Iterator[Callable[..., Flask]]:
-    """Build apps on one SQLite file (a second app on the same file is a restart)."""
+def make_app(tmp_path: Any, clock: Clock, database_url: str) -> Iterator[Callable[..., Flask]]:
+    """Build apps on one store (a second app on the same store is a restart)."""
     apps: list[Flask] = []
 
     def make(**config: Any) -> Flask:
@@ -29,7 +64,7 @@ def make_app(tmp_path: Any, clock: Clock) -> Iterator[Callable[..., Flask]]:
         app.config.update(
             CALLBOT_SECRET_KEY=SECRET,
             CALLBOT_UUID=UUID,
-            CALLBOT_DATABASE_URL=f"sqlite:///{tmp_path / 'callbot.sqlite3'}",
+            CALLBOT_DATABASE_URL=database_url,
         )
         app.config.update(config)
         app.register_blueprint(create_blueprint(clock=clock))
