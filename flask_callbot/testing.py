@@ -14,7 +14,8 @@ from blinker import ANY, NamedSignal
 from . import signals as _signals
 from .signing import compute_signature
 
-_ALL_SIGNALS = tuple(value for value in vars(_signals).values() if isinstance(value, NamedSignal))
+#: Every signal flask_callbot sends.
+ALL_SIGNALS = tuple(value for value in vars(_signals).values() if isinstance(value, NamedSignal))
 
 
 def sign_headers(
@@ -68,7 +69,7 @@ def record_signals(*signals: NamedSignal, sender: Any = ANY) -> Iterator[list[Se
     Receivers are connected strongly and disconnected on exit; pass ``sender=app`` to see only
     one app's signals.
     """
-    chosen = signals or _ALL_SIGNALS
+    chosen = signals or ALL_SIGNALS
     sent: list[SentSignal] = []
 
     def receiver_for(signal: NamedSignal) -> Callable[..., None]:

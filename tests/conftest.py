@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from flask import Flask
 
 from flask_callbot import create_blueprint
 from flask_callbot.testing import SentSignal, record_signals
 
-from support import POSTGRES_URL, SECRET, UUID, Clock, Sender
+from support import POSTGRES_URL, SECRET, UUID, Clock, Sender, postgres_schema
 
 
 @pytest.fixture(
@@ -29,24 +27,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]
         pytest.skip("set CALLBOT_TEST_POSTGRES_URL to run the PostgreSQL tests")
     with postgres_schema() as url:
         yield url
-
-
-class postgres_schema:
-    """A fresh PostgreSQL schema; the URL it yields puts it first on the search path."""
-
-    def __enter__(self) -> str:
-        assert POSTGRES_URL
-        self.name = f"callbot_test_{uuid.uuid4().hex[:12]}"
-        self.admin = sa.create_engine(POSTGRES_URL, poolclass=sa.pool.NullPool)
-        with self.admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{self.name}"'))
-        url = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={self.name}"})
-        return url.render_as_string(hide_password=False)
-
-    def __exit__(self, *exc_info: object) -> None:
-        with self.admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{self.name}" CASCADE'))
-        self.admin.dispose()
 
 
 @pytest.fixture

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
@@ -185,9 +187,25 @@ def assert_reply(response: TestResponse, http_status: int, ret_code: int) -> dic
 
 def stored_count(app: Any, table: str = "callbot_deliveries") -> int:
     """Rows in one of the store's tables, read straight from the database."""
-    import sqlalchemy as sa
-
     store = app.extensions["callbot"].store
     store.create_schema()  # tables appear on first use; a test may have stored nothing yet
     with store.engine.connect() as conn:
         return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
+
+
+class postgres_schema:
+    """A fresh PostgreSQL schema; the URL it yields puts it first on the search path."""
+
+    def __enter__(self) -> str:
+        assert POSTGRES_URL
+        self.name = f"callbot_test_{uuid.uuid4().hex[:12]}"
+        self.admin = sa.create_engine(POSTGRES_URL, poolclass=sa.pool.NullPool)
+        with self.admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{self.name}"'))
+        url = sa.make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={self.name}"})
+        return url.render_as_string(hide_password=False)
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self.admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{self.name}" CASCADE'))
+        self.admin.dispose()

@@ -1,0 +1,469 @@
+"""Exactly once across processes: the example app under gunicorn, real clients, real faults.
+
+Selected by ``CALLBOT_TEST_MULTIPROCESS=1`` (``.ci/run`` sets it); runs on SQLite and, when
+``CALLBOT_TEST_POSTGRES_URL`` is set, on PostgreSQL. A receiver in every worker appends each
+signal it sees to one log file; the assertions compare that log with the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import itertools
+import json
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from flask_callbot.testing import sign_headers
+
+from support import (
+    POSTGRES_URL,
+    ROUTES,
+    SECRET,
+    UUID,
+    number_payload,
+    postgres_schema,
+    task_payload,
+)
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("CALLBOT_TEST_MULTIPROCESS"),
+    reason="set CALLBOT_TEST_MULTIPROCESS=1 to run the multi-process tests",
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = 4
+
+
+@dataclass
+class Delivery:
+    kind: str
+    request_id: str
+    request_ts: int
+    payload: dict[str, Any]
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.body = json.dumps(self.payload).encode()
+        self.headers = sign_headers(
+            self.body,
+            secret_key=SECRET,
+            uuid=UUID,
+            request_id=self.request_id,
+            create_ts=self.request_ts,
+        )
+
+
+@dataclass
+class Server:
+    port: int
+    database_url: str
+    log_path: Path
+    markers: Path
+    process: subprocess.Popen[bytes]
+    output: Any  # gunicorn's log file, closed when the server stops
+
+    def post(self, delivery: Delivery, timeout: float = 60) -> tuple[int, dict[str, Any]]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(
+                "POST", ROUTES[delivery.kind], body=delivery.body, headers=delivery.headers
+            )
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    def post_until_done(self, delivery: Delivery) -> list[int]:
+        """Post like the vendor: retry while the reply says 'try later' (409, retCode 7)."""
+        statuses = []
+        for attempt in range(400):
+            status, body = self.post(delivery)
+            statuses.append(status)
+            if status != 409 or body["retCode"] != 7:
+                return statuses
+            time.sleep(min(0.01 * (attempt + 1), 0.25))
+        raise AssertionError(f"{delivery.request_id} still in progress after {statuses}")
+
+    def signals(self) -> list[dict[str, Any]]:
+        """Every signal the workers sent, but the rejection of the start-up probe."""
+        if not self.log_path.exists():
+            return []
+        lines = [json.loads(line) for line in self.log_path.read_text().splitlines()]
+        return [line for line in lines if line["signal"] != "callback-rejected"]
+
+    def rows(self, table: str) -> list[Any]:
+        engine = sa.create_engine(self.database_url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(sa.text(f"SELECT * FROM {table}")))  # noqa: S608
+        finally:
+            engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def start(database_url: str, *, processing_timeout: int = 60) -> Server:
+        port = free_port()
+        markers = tmp_path / f"markers-{port}"
+        markers.mkdir()
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            CALLBOT_SECRET_KEY=SECRET,
+            CALLBOT_UUID=UUID,
+            SERVED_DATABASE_URL=database_url,
+            SERVED_SIGNAL_LOG=str(tmp_path / f"signals-{port}.jsonl"),
+            SERVED_MARKERS=str(markers),
+            SERVED_PROCESSING_TIMEOUT=str(processing_timeout),
+        )
+        log = (tmp_path / f"gunicorn-{port}.log").open("wb")
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers",
+                str(WORKERS),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--chdir",
+                str(ROOT / "tests"),
+                "--timeout",
+                "120",
+                "--graceful-timeout",
+                "5",
+                "served_app:create_app()",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        server = Server(port, database_url, Path(env["SERVED_SIGNAL_LOG"]), markers, process, log)
+        servers.append(server)
+        probe = Delivery("task", "probe", int(time.time()), {})
+        probe.headers = {}
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert server.post(probe, timeout=5)[0] == 401
+                return server
+            except (ConnectionError, OSError):
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError((tmp_path / f"gunicorn-{port}.log").read_text()) from None
+                time.sleep(0.2)
+
+    yield start
+    for server in servers:
+        server.process.terminate()
+        try:
+            server.process.wait(20)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+        server.output.close()
+
+
+def campaign(rng: random.Random, base_ts: int) -> list[Delivery]:
+    """50 tasks x 20 status updates, and 1,600 orders each with a call and an order callback."""
+    deliveries = []
+    for t in range(50):
+        statuses = [1, 2]
+        while len(statuses) < 19:
+            statuses.append(rng.choice([2, 5] if statuses[-1] == 2 else [2, 5, 2]))
+        statuses.append(rng.choice([3, 4]))
+        for j, status in enumerate(statuses):
+            stats = {"finishOrderCount": j, "totalOrderCount": 20, "finishRate": j / 20}
+            payload = task_payload(taskID=f"task-{t}", taskStatus=status, taskStat=stats)
+            deliveries.append(Delivery("task", f"task-{t}-{j}", base_ts + 10 * j, payload))
+    for o in range(1600):
+        for kind, ts in (("call", base_ts + o % 97), ("order", base_ts + o % 97 + 1)):
+            payload = number_payload(orderID=f"order-{o}", taskID=f"task-{o % 50}")
+            payload["callInfoDetail"].update(callID=f"call-{o}", callStartTs=base_ts - 60)
+            payload["finish"] = kind == "order"
+            deliveries.append(Delivery(kind, f"{kind}-{o}", ts, payload))
+    return deliveries
+
+
+@pytest.mark.parametrize("seed", [20261124])
+def test_load_with_simultaneous_duplicates_and_reordering(
+    start_server: Callable[..., Server], database_url: str, seed: int
+) -> None:
+    server = start_server(database_url)
+    rng = random.Random(seed)
+    unique = campaign(rng, int(time.time()) - 3600)
+    twins = set(rng.sample(range(len(unique)), k=len(unique) // 4))
+    order = list(range(len(unique)))
+    rng.shuffle(order)  # task updates and order/call callbacks arrive out of order
+    replies: list[list[int]] = []
+
+    def send(index: int) -> None:
+        delivery = unique[index]
+        if index not in twins:
+            replies.append(server.post_until_done(delivery))
+            return
+        barrier = threading.Barrier(2)
+
+        def twin() -> None:
+            barrier.wait()
+            replies.append(server.post_until_done(delivery))
+
+        helper = threading.Thread(target=twin)
+        helper.start()
+        twin()
+        helper.join()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        list(pool.map(send, order))
+    elapsed = time.monotonic() - started
+
+    requests = len(unique) + len(twins)
+    assert requests >= 5000
+    assert len(twins) / len(unique) >= 0.2
+    final = Counter(statuses[-1] for statuses in replies)
+    assert final == {200: requests}, final
+    assert not [s for statuses in replies for s in statuses if s >= 500]
+    busy = sum(s == 409 for statuses in replies for s in statuses)
+    print(f"\n{requests} requests ({len(twins)} simultaneous duplicates) in {elapsed:.1f}s; "
+          f"{busy} answered 409 'try later' first")  # fmt: skip
+
+    # Every unique delivery recorded once, processed once.
+    deliveries = {row.request_id: row for row in server.rows("callbot_deliveries")}
+    assert set(deliveries) == {d.request_id for d in unique}
+    assert {(row.outcome, row.attempts) for row in deliveries.values()} == {("processed", 1)}
+
+    signals = server.signals()
+    by_signal: dict[str, Counter[str]] = defaultdict(Counter)
+    for line in signals:
+        by_signal[line["signal"]][line["request_id"]] += 1
+    assert by_signal["callback-received"] == Counter({d.request_id: 1 for d in unique})
+    for kind in ("order", "call"):
+        expected = Counter({d.request_id: 1 for d in unique if d.kind == kind})
+        assert by_signal[f"{kind}-received"] == expected
+    applied = {rid for rid, row in deliveries.items() if row.kind == "task" and row.applied}
+    assert by_signal["task-progress"] == Counter(dict.fromkeys(applied, 1))
+
+    # Every task transition signalled exactly once, forming an unbroken chain per task.
+    changed = {rid for rid, row in deliveries.items() if row.kind == "task" and row.changed}
+    assert by_signal["task-status-changed"] == Counter(dict.fromkeys(changed, 1))
+    specific = sum(
+        (by_signal[name] for name in ("task-pending", "task-started", "task-paused",
+                                      "task-resumed", "task-completed", "task-failed")),
+        Counter(),
+    )  # fmt: skip
+    assert specific == Counter(dict.fromkeys(changed, 1))
+    chains: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for line in signals:
+        if line["signal"] == "task-status-changed":
+            chains[line["task_id"]].append(line)
+    newest = {}
+    for delivery in unique:
+        if delivery.kind == "task":
+            task_id = delivery.payload["taskID"]
+            if task_id not in newest or delivery.request_ts > newest[task_id].request_ts:
+                newest[task_id] = delivery
+    for task_id, chain in chains.items():
+        chain.sort(key=lambda line: line["request_ts"])
+        assert chain[0]["previous"] is None
+        for before, after in itertools.pairwise(chain):
+            assert after["previous"] == before["status"] != after["status"]
+        assert chain[-1]["status"] == newest[task_id].payload["taskStatus"]
+
+    # Every task's final state is its newest update; every order's is its order callback.
+    for row in server.rows("callbot_tasks"):
+        delivery = newest[row.task_id]
+        assert (row.status, row.status_request_ts) == (
+            delivery.payload["taskStatus"],
+            delivery.request_ts,
+        )
+    orders = server.rows("callbot_orders")
+    assert len(orders) == 1600
+    assert {(row.last_kind, bool(row.finish), row.callbacks) for row in orders} == {
+        ("order", True, 2)
+    }
+    assert len({line["pid"] for line in signals}) == WORKERS
+
+
+def test_receiver_failure_under_gunicorn(
+    start_server: Callable[..., Server], database_url: str
+) -> None:
+    server = start_server(database_url)
+    delivery = Delivery("task", "fails-once", int(time.time()), task_payload(testFailOnce=True))
+    status, body = server.post(delivery)
+    assert (status, body["retCode"]) == (500, 5001)
+    (row,) = [r for r in server.rows("callbot_deliveries") if r.request_id == "fails-once"]
+    assert row.outcome == "failed"
+    assert "injected receiver failure" in row.error
+    assert server.post_until_done(delivery) == [200]
+    (row,) = [r for r in server.rows("callbot_deliveries") if r.request_id == "fails-once"]
+    assert (row.outcome, row.attempts) == ("processed", 2)
+    seen = Counter(line["signal"] for line in server.signals())
+    # fail_once runs before the recorders of callback-received, not of the later signals.
+    assert seen == {
+        "callback-received": 1,
+        "task-status-changed": 2,
+        "task-started": 2,
+        "task-progress": 2,
+    }
+
+
+def test_worker_killed_mid_request_then_resent(
+    start_server: Callable[..., Server], database_url: str
+) -> None:
+    server = start_server(database_url, processing_timeout=2)
+    delivery = Delivery("task", "killed", int(time.time()), task_payload(testHang=True))
+    outcome: list[Any] = []
+    client = threading.Thread(target=lambda: outcome.append(_try_post(server, delivery)))
+    client.start()
+    marker = server.markers / "hang-killed"
+    deadline = time.monotonic() + 30
+    while not (marker.exists() and marker.read_text()):
+        assert time.monotonic() < deadline, "the request never reached the receiver"
+        time.sleep(0.05)
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    client.join(30)
+    assert isinstance(outcome[0], (ConnectionError, http.client.HTTPException)), outcome
+    (row,) = [r for r in server.rows("callbot_deliveries") if r.request_id == "killed"]
+    assert row.outcome == "pending"  # recorded and applied, never finished
+    statuses = server.post_until_done(delivery)  # 409 until the processing timeout passes
+    assert statuses[-1] == 200
+    assert set(statuses[:-1]) <= {409}
+    (row,) = [r for r in server.rows("callbot_deliveries") if r.request_id == "killed"]
+    assert (row.outcome, row.attempts) == ("processed", 2)
+    seen = Counter(line["signal"] for line in server.signals())
+    assert seen == {
+        "callback-received": 1,
+        "task-status-changed": 1,
+        "task-started": 1,
+        "task-progress": 1,
+    }
+    assert server.post_until_done(delivery) == [200]  # a duplicate now
+    assert len(server.signals()) == 4
+
+
+def _try_post(server: Server, delivery: Delivery) -> Any:
+    try:
+        return server.post(delivery)
+    except (ConnectionError, http.client.HTTPException) as exc:
+        return exc
+
+
+class CuttableLink:
+    """A TCP relay to PostgreSQL that the test can cut (refusing and dropping connections)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.sockets: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.lock = threading.Lock()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        # shutdown() before close(): a bare close() does not wake a thread blocked in
+        # accept() or select() on Linux, and the socket would keep working.
+        with self.lock:
+            for sock in [*self.sockets, *([self.listener] if self.listener else [])]:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self.listener = None
+            self.sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                ready, _, _ = select.select([a, b], [], [])
+                for source in ready:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    (b if source is a else a).sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            a.close()
+            b.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not POSTGRES_URL, reason="set CALLBOT_TEST_POSTGRES_URL")
+def test_postgres_unreachable_then_back(start_server: Callable[..., Server]) -> None:
+    """The SQLite outage is tested in-process (test_store_unreachable_then_back)."""
+    with postgres_schema() as database_url:
+        _outage_then_back(start_server, sa.make_url(database_url))
+
+
+def _outage_then_back(start_server: Callable[..., Server], url: sa.URL) -> None:
+    link = CuttableLink(url.port or 5432)
+    link.up()
+    try:
+        server = start_server(url.set(port=link.port).render_as_string(hide_password=False))
+        now = int(time.time())
+        first = Delivery("task", "before-outage", now, task_payload(taskStatus=1))
+        assert server.post_until_done(first) == [200]
+        link.down()
+        during = [
+            Delivery("task", f"during-{n}", now + 1 + n, task_payload(taskStatus=2))
+            for n in range(8)
+        ]
+        for delivery in during:
+            status, body = server.post(delivery)
+            assert (status, body["retCode"]) == (503, 7), body
+        link.up()  # the database is reachable again: no restart
+        for delivery in during:
+            assert server.post_until_done(delivery) == [200]
+    finally:
+        link.down()
+    signals = server.signals()
+    assert [line["request_id"] for line in signals if line["signal"] == "callback-received"] == [
+        "before-outage",
+        *(d.request_id for d in during),
+    ]
+    assert sum(line["signal"] == "task-started" for line in signals) == 1
+    assert server.process.poll() is None
