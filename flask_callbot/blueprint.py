@@ -56,6 +56,10 @@ def _init_app(app: Flask, clock: Callable[[], float]) -> None:
     app.extensions[EXTENSION_KEY] = CallbotState(
         settings=settings, store=Store(settings.database_url, settings.engine_options), clock=clock
     )
+    if settings.queued and "celery" in app.extensions:  # the Flask docs' celery_init_app
+        from .celery_dispatch import init_celery
+
+        init_celery(app)
 
 
 def _view(kind: CallbackKind) -> Callable[[], Response]:

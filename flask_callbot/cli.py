@@ -14,7 +14,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .dispatch import replay
-from .errors import DeliveryInProgress, ReceiverFailed
+from .errors import ConfigurationError, DeliveryInProgress, ReceiverFailed
 from .events import CallbackKind, TaskStatus
 from .state import get_state
 from .store import Outcome, Store, StoredDelivery, TaskState
@@ -54,7 +54,7 @@ def _moment_option(ctx: click.Context, param: click.Parameter, value: str | None
 
 def register_commands(group: click.Group) -> None:
     """Attach the commands to the blueprint's ``callbot`` group."""
-    for command in (events, show, replay_command, tasks, prune, init_db):
+    for command in (events, show, replay_command, tasks, prune, init_db, sweep):
         group.add_command(command)
 
 
@@ -134,6 +134,7 @@ def show(request_id: str) -> None:
         ("received", _time(delivery.received_at)),
         ("outcome", delivery.outcome.value),
         ("attempts", str(delivery.attempts)),
+        ("enqueued", _time(delivery.enqueued_at) if delivery.enqueued_at else "-"),
         ("finished", _time(delivery.finished_at) if delivery.finished_at else "-"),
         ("change", _change(delivery) or "-"),
         ("error", delivery.error or "-"),
@@ -236,6 +237,47 @@ def init_db() -> None:
     store = _store()
     store.create_schema()
     click.echo(f"callbot schema version {store.get_schema_version()}")
+
+
+@click.command("sweep")
+@with_appcontext
+@click.option(
+    "--older-than",
+    "older_than",
+    callback=_duration_option,
+    default="60s",
+    show_default=True,
+    help="Enqueue deliveries recorded this long ago but never enqueued.",
+)
+@click.option(
+    "--stalled-after",
+    "stalled_after",
+    callback=_duration_option,
+    default="1h",
+    show_default=True,
+    help="Enqueue again deliveries queued this long ago that no worker took.",
+)
+def sweep(older_than: timedelta, stalled_after: timedelta) -> None:
+    """Celery dispatch: enqueue what no worker will otherwise pick up.
+
+    Deliveries recorded but never enqueued (a crash or broker outage between the two), held by
+    a worker that died (past CALLBOT_PROCESSING_TIMEOUT), or queued and never taken. Safe to run
+    at any time and periodically: a delivery enqueued twice is still processed once.
+    """
+    from .celery_dispatch import sweep as sweep_deliveries
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        found = sweep_deliveries(
+            app,
+            unqueued_after=int(older_than.total_seconds()),
+            stalled_after=int(stalled_after.total_seconds()),
+        )
+    except ConfigurationError as exc:
+        raise click.ClickException(exc.message) from None
+    for request_id in found:
+        click.echo(f"{request_id}: enqueued")
+    click.echo(f"{len(found)} enqueued")
 
 
 def _echo_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:

@@ -21,7 +21,13 @@ DEFAULTS: Mapping[str, Any] = {
     "CALLBOT_MAX_FUTURE_SKEW": 60,
     "CALLBOT_SIGN_ALGORITHMS": ("MD5", "SHA256"),
     "CALLBOT_PROCESSING_TIMEOUT": 60,
+    "CALLBOT_DISPATCH": "inline",
+    "CALLBOT_CELERY_MAX_RETRIES": 8,
+    "CALLBOT_CELERY_RETRY_BACKOFF": 2,
+    "CALLBOT_CELERY_RETRY_BACKOFF_MAX": 600,
+    "CALLBOT_CELERY_QUEUE": None,
 }
+DISPATCH_MODES = ("inline", "celery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,16 @@ class Settings:
     max_future_skew: int
     sign_algorithms: tuple[str, ...]
     processing_timeout: int
+    dispatch: str
+    celery_max_retries: int
+    celery_retry_backoff: int
+    celery_retry_backoff_max: int
+    celery_queue: str | None
+
+    @property
+    def queued(self) -> bool:
+        """Whether deliveries are processed by Celery workers rather than in the request."""
+        return self.dispatch == "celery"
 
 
 def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
@@ -45,6 +61,12 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
     )
     if not isinstance(database_url, str):
         raise ConfigurationError("CALLBOT_DATABASE_URL must be an SQLAlchemy URL string")
+    dispatch = get["CALLBOT_DISPATCH"]
+    if dispatch not in DISPATCH_MODES:
+        raise ConfigurationError('CALLBOT_DISPATCH must be "inline" or "celery"')
+    queue = get["CALLBOT_CELERY_QUEUE"]
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise ConfigurationError("CALLBOT_CELERY_QUEUE must be a queue name or None")
     engine_options = get["CALLBOT_ENGINE_OPTIONS"]
     if not isinstance(engine_options, Mapping):
         raise ConfigurationError("CALLBOT_ENGINE_OPTIONS must be a dict of create_engine options")
@@ -58,6 +80,11 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
         max_future_skew=_positive_int(get, "CALLBOT_MAX_FUTURE_SKEW", allow_zero=True),
         sign_algorithms=_algorithms(get["CALLBOT_SIGN_ALGORITHMS"]),
         processing_timeout=_positive_int(get, "CALLBOT_PROCESSING_TIMEOUT"),
+        dispatch=dispatch,
+        celery_max_retries=_positive_int(get, "CALLBOT_CELERY_MAX_RETRIES", allow_zero=True),
+        celery_retry_backoff=_positive_int(get, "CALLBOT_CELERY_RETRY_BACKOFF"),
+        celery_retry_backoff_max=_positive_int(get, "CALLBOT_CELERY_RETRY_BACKOFF_MAX"),
+        celery_queue=queue,
     )
 
 

@@ -7,6 +7,7 @@ the same signals from the same stored transition.
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from typing import Any
 
 from blinker import NamedSignal
@@ -62,6 +63,41 @@ def process(app: Flask, event: Event, transition: Transition | None) -> None:
         _finish(state, event.request_id, error=exc.message)
         raise
     _finish(state, event.request_id)
+
+
+class QueuedResult(StrEnum):
+    """What a Celery worker's attempt at a queued delivery came to."""
+
+    PROCESSED = "processed"
+    RETRY = "retry"  # receivers raised; queued again for a later attempt
+    FAILED = "failed"  # receivers raised on the last allowed attempt
+    SKIPPED = "skipped"  # another worker holds it, or it is already done
+
+
+def process_queued(app: Flask, request_id: str, *, final: bool) -> QueuedResult:
+    """A Celery worker's attempt: claim the delivery, send its signals, record the outcome.
+
+    The claim makes a message delivered twice (a broker redelivery, a sweep) run once. When
+    receivers raise, the delivery goes back to the queue unless this was the ``final`` attempt,
+    after which it is failed, for ``flask callbot replay``.
+    """
+    state = get_state(app)
+    delivery = state.store.claim_queued(
+        request_id, now=state.clock(), lease=state.settings.processing_timeout
+    )
+    if delivery is None:
+        return QueuedResult.SKIPPED
+    event = load_event(delivery)
+    try:
+        send_signals(app, event, delivery.transition)
+    except ReceiverFailed as exc:
+        if final:
+            _finish(state, request_id, error=exc.message)
+            return QueuedResult.FAILED
+        state.store.requeue(request_id, now=state.clock(), error=exc.message)
+        return QueuedResult.RETRY
+    _finish(state, request_id)
+    return QueuedResult.PROCESSED
 
 
 def replay(app: Flask, request_id: str) -> StoredDelivery:

@@ -104,3 +104,9 @@ class StoreUnavailable(CallbotError):
     """The database could not be reached; nothing was acknowledged."""
 
     http_status, ret_code, reason = 503, 7, "store-unavailable"
+
+
+class QueueUnavailable(CallbotError):
+    """Celery dispatch: the delivery was recorded but could not be enqueued; not acknowledged."""
+
+    http_status, ret_code, reason = 503, 7, "queue-unavailable"

@@ -17,7 +17,7 @@ from flask import Flask
 
 from . import signals
 from .dispatch import process
-from .errors import CallbotError, DeliveryInProgress, RequestRejected
+from .errors import CallbotError, DeliveryInProgress, QueueUnavailable, RequestRejected
 from .events import CallbackKind, Event
 from .schemas import build_event, decode_body
 from .signing import (
@@ -88,6 +88,27 @@ def authenticate(state: CallbotState, body: bytes, headers: Headers) -> AuthHead
     return auth
 
 
+def enqueue(state: CallbotState, request_id: str) -> None:
+    """Publish a recorded delivery to Celery; 503 (nothing acknowledged) if the broker fails.
+
+    The row stays queued without ``enqueued_at`` until this succeeds, so a redelivery or
+    ``flask callbot sweep`` enqueues it again: a crash or broker outage here loses nothing.
+    """
+    if state.enqueue is None:
+        raise QueueUnavailable(
+            'CALLBOT_DISPATCH is "celery" but no Celery app is bound: call init_celery(app)'
+        )
+    try:
+        state.enqueue(request_id)
+    except Exception as exc:
+        logger.warning("callbot: could not enqueue request_id=%s: %r", request_id, exc)
+        raise QueueUnavailable("the task queue is unavailable; retry later") from exc
+    try:
+        state.store.mark_enqueued(request_id, now=state.clock())
+    except CallbotError:  # the message is out; a later sweep re-sends it, claims dedupe
+        logger.exception("callbot: could not mark request_id=%s enqueued", request_id)
+
+
 def reject(app: Flask, error: RequestRejected, headers: Headers) -> Reply:
     """Refuse a request: nothing stored, ``callback_rejected`` sent, the reason logged (no body)."""
     request_id = peek_request_id(headers)
@@ -111,6 +132,7 @@ def _record_and_dispatch(
     body: bytes,
     event: Event,
 ) -> Reply:
+    queued = state.settings.queued
     claim = state.store.record(
         NewDelivery(
             request_id=auth.request_id,
@@ -122,12 +144,20 @@ def _record_and_dispatch(
         ),
         now=state.clock(),
         lease=state.settings.processing_timeout,
+        queue=queued,
     )
     if claim.result is ClaimResult.DUPLICATE:
         logger.info("callbot: duplicate request_id=%s kind=%s", auth.request_id, kind.value)
         return Reply(200, 0, "duplicate delivery: already processed")
     if claim.result is ClaimResult.IN_PROGRESS:
         raise DeliveryInProgress(f"requestID {auth.request_id} is being processed; retry later")
+    if claim.result is ClaimResult.QUEUED:
+        logger.info("callbot: already queued request_id=%s kind=%s", auth.request_id, kind.value)
+        return Reply(200, 0, "already queued")
+    if queued:
+        enqueue(state, auth.request_id)
+        logger.info("callbot: queued request_id=%s kind=%s", auth.request_id, kind.value)
+        return Reply(200, 0, "queued")
     process(app, event, claim.transition)
     stale = claim.transition is not None and not claim.transition.applied
     logger.info(

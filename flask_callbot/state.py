@@ -21,6 +21,8 @@ class CallbotState:
     store: Store
     #: Seconds since the epoch; injectable so tests can move time.
     clock: Callable[[], float] = field(default=time.time)
+    #: Celery dispatch: publishes a recorded delivery's processing (set by ``init_celery``).
+    enqueue: Callable[[str], None] | None = None
 
 
 def get_state(app: Flask) -> CallbotState:

@@ -42,7 +42,7 @@ from .events import (
 )
 
 #: Bumped whenever the tables change; each bump adds its step to ``_MIGRATIONS``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 _BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -63,6 +63,7 @@ deliveries = sa.Table(
     sa.Column("outcome", sa.String(16), nullable=False, index=True),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("enqueued_at", sa.DateTime(timezone=True)),  # schema 2: Celery dispatch
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("error", sa.Text),
     sa.Column("previous_status", sa.BigInteger),
@@ -125,9 +126,16 @@ schema_version = sa.Table(
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+
+def _add_enqueued_at(conn: Connection) -> None:
+    column_type = deliveries.c.enqueued_at.type.compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE callbot_deliveries ADD COLUMN enqueued_at {column_type}"))
+
+
 #: ``version -> step`` that upgrades tables at ``version - 1`` to ``version``, run in order by
-#: :meth:`Store.create_schema` under the schema lock. Empty while version 1 is the only one.
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+#: :meth:`Store.create_schema` under the schema lock. Fresh databases are created at the current
+#: version and skip them.
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_enqueued_at}
 
 #: An order callback carries the order's final word on a call; a call callback ranks below it.
 _KIND_RANK = {CallbackKind.CALL: 0, CallbackKind.ORDER: 1}
@@ -146,7 +154,8 @@ _STAT_COLUMNS = (
 class Outcome(StrEnum):
     """A recorded delivery's processing state."""
 
-    PENDING = "pending"  # recorded; its signals are being (or are queued to be) sent
+    QUEUED = "queued"  # recorded, waiting for a Celery worker (enqueued once enqueued_at is set)
+    PENDING = "pending"  # a worker (a request, or a Celery worker) is sending its signals
     PROCESSED = "processed"
     FAILED = "failed"
 
@@ -156,6 +165,7 @@ class ClaimResult(StrEnum):
     RETRY = "retry"  # a failed (or abandoned) delivery taken up again: re-send its signals
     DUPLICATE = "duplicate"  # already processed: acknowledge, no signals
     IN_PROGRESS = "in_progress"  # another worker holds it right now
+    QUEUED = "queued"  # Celery mode: already durably queued (or being processed): acknowledge
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +198,7 @@ class StoredDelivery:
     body: bytes
     outcome: Outcome
     attempts: int
+    enqueued_at: datetime | None
     finished_at: datetime | None
     error: str | None
     transition: Transition | None
@@ -246,12 +257,17 @@ class Store:
         engine_ref = weakref.ref(self.engine)
         os.register_at_fork(after_in_child=lambda: _drop_pool(engine_ref))
 
-    def record(self, delivery: NewDelivery, *, now: float, lease: int) -> Claim:
+    def record(
+        self, delivery: NewDelivery, *, now: float, lease: int, queue: bool = False
+    ) -> Claim:
         """Claim the requestID and apply the delivery, in one transaction.
 
-        A requestID seen before is answered from its stored row: processed → DUPLICATE; failed,
-        or pending for longer than ``lease`` seconds (its worker died) → RETRY with the stored
-        transition; pending → IN_PROGRESS. A different body under a known requestID is refused.
+        Inline (``queue=False``) the new row is PENDING, held by the caller; with ``queue=True``
+        (Celery) it is QUEUED, for a worker, and the caller enqueues it. A requestID seen before
+        is answered from its stored row: processed → DUPLICATE; failed, or pending for longer
+        than ``lease`` seconds (its worker died) → RETRY with the stored transition (taken
+        inline, or back to QUEUED to enqueue again); pending → IN_PROGRESS inline, QUEUED with
+        Celery (it is accepted). A different body under a known requestID is refused.
         """
         at = _utc(now)
         body_sha256 = hashlib.sha256(delivery.body).hexdigest()
@@ -276,8 +292,8 @@ class Store:
                     headers=json.dumps(dict(delivery.headers), sort_keys=True),
                     body=delivery.body,
                     body_sha256=body_sha256,
-                    outcome=Outcome.PENDING.value,
-                    attempts=1,
+                    outcome=(Outcome.QUEUED if queue else Outcome.PENDING).value,
+                    attempts=0 if queue else 1,
                     claimed_at=at,
                     applied=applied,
                     **_transition_columns(transition),
@@ -286,7 +302,7 @@ class Store:
                 .returning(deliveries.c.id)  # rowcount is not reliable here across drivers
             ).first()
             if not inserted:
-                return self._reclaim(conn, delivery.request_id, body_sha256, at, lease)
+                return self._reclaim(conn, delivery.request_id, body_sha256, at, lease, queue)
             if isinstance(event, TaskEvent):
                 if applied:
                     _apply_task(conn, event, at)
@@ -344,6 +360,88 @@ class Store:
         if exists is None:
             raise LookupError(f"no delivery with requestID {request_id}")
         raise DeliveryInProgress(f"requestID {request_id} is being processed right now")
+
+    def mark_enqueued(self, request_id: str, *, now: float) -> None:
+        """Record that a queued delivery's message reached the broker."""
+        with self._transaction() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(
+                    deliveries.c.request_id == request_id,
+                    deliveries.c.outcome == Outcome.QUEUED.value,
+                )
+                .values(enqueued_at=_utc(now))
+            )
+
+    def claim_queued(self, request_id: str, *, now: float, lease: int) -> StoredDelivery | None:
+        """A Celery worker takes a queued delivery (or one whose worker died); ``None`` if another
+        worker holds it or it is already done, so a message delivered twice is processed once."""
+        at = _utc(now)
+        with self._transaction() as conn:
+            claimed = conn.execute(
+                deliveries.update()
+                .where(
+                    deliveries.c.request_id == request_id,
+                    sa.or_(
+                        deliveries.c.outcome == Outcome.QUEUED.value,
+                        sa.and_(
+                            deliveries.c.outcome == Outcome.PENDING.value,
+                            deliveries.c.claimed_at <= _utc(now - lease),
+                        ),
+                    ),
+                )
+                .values(
+                    outcome=Outcome.PENDING.value,
+                    attempts=deliveries.c.attempts + 1,
+                    claimed_at=at,
+                    error=None,
+                )
+                .returning(*deliveries.c)
+            ).first()
+        return None if claimed is None else _stored_delivery(claimed)
+
+    def requeue(self, request_id: str, *, now: float, error: str) -> None:
+        """Put a delivery whose receivers raised back in the queue for a later retry."""
+        at = _utc(now)
+        with self._transaction() as conn:
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.request_id == request_id)
+                .values(outcome=Outcome.QUEUED.value, error=error, claimed_at=at, enqueued_at=at)
+            )
+
+    def sweepable(
+        self, *, now: float, unqueued_after: int, lease: int, stalled_after: int
+    ) -> list[str]:
+        """RequestIDs a sweep must enqueue (again), oldest first.
+
+        Recorded but never enqueued for ``unqueued_after`` seconds (the process died, or the
+        broker was down, between the two); held by a worker past the ``lease`` (it died); queued
+        for ``stalled_after`` seconds without being taken (the message was lost).
+        """
+        query = (
+            sa.select(deliveries.c.request_id)
+            .where(
+                sa.or_(
+                    sa.and_(
+                        deliveries.c.outcome == Outcome.QUEUED.value,
+                        deliveries.c.enqueued_at.is_(None),
+                        deliveries.c.claimed_at <= _utc(now - unqueued_after),
+                    ),
+                    sa.and_(
+                        deliveries.c.outcome == Outcome.PENDING.value,
+                        deliveries.c.claimed_at <= _utc(now - lease),
+                    ),
+                    sa.and_(
+                        deliveries.c.outcome == Outcome.QUEUED.value,
+                        deliveries.c.enqueued_at <= _utc(now - stalled_after),
+                    ),
+                )
+            )
+            .order_by(deliveries.c.id)
+        )
+        with self._transaction() as conn:
+            return list(conn.execute(query).scalars())
 
     def list_deliveries(
         self,
@@ -444,7 +542,12 @@ class Store:
             metadata.create_all(conn, checkfirst=True)
             current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
             if current is None:  # tables just created at the current version
-                current = SCHEMA_VERSION - 1
+                conn.execute(
+                    schema_version.insert().values(
+                        version=SCHEMA_VERSION, applied_at=datetime.now(UTC)
+                    )
+                )
+                current = SCHEMA_VERSION
             elif current > SCHEMA_VERSION:
                 raise StoreUnavailable(
                     f"the callbot tables are at schema version {current}, newer than this "
@@ -466,13 +569,20 @@ class Store:
         self.engine.dispose()
 
     def _reclaim(
-        self, conn: Connection, request_id: str, body_sha256: str, at: datetime, lease: int
+        self,
+        conn: Connection,
+        request_id: str,
+        body_sha256: str,
+        at: datetime,
+        lease: int,
+        queue: bool,
     ) -> Claim:
         row = conn.execute(
             sa.select(
                 deliveries.c.body_sha256,
                 deliveries.c.outcome,
                 deliveries.c.claimed_at,
+                deliveries.c.enqueued_at,
                 deliveries.c.previous_status,
                 deliveries.c.status,
                 deliveries.c.applied,
@@ -483,10 +593,14 @@ class Store:
             raise RequestIdReused(f"requestID {request_id} was already used for another body")
         if row.outcome == Outcome.PROCESSED:
             return Claim(ClaimResult.DUPLICATE)
+        if queue and row.outcome == Outcome.QUEUED and row.enqueued_at is not None:
+            return Claim(ClaimResult.QUEUED)
         abandoned = row.outcome == Outcome.PENDING and _aware(row.claimed_at).timestamp() <= (
             at.timestamp() - lease
         )
-        if row.outcome == Outcome.FAILED or abandoned:
+        # Take it up: a failed or abandoned delivery; a queued one never enqueued (queue mode),
+        # or any queued one when processing inline (nobody else will).
+        if row.outcome in (Outcome.FAILED, Outcome.QUEUED) or abandoned:
             taken = conn.execute(
                 deliveries.update()
                 .where(
@@ -495,16 +609,17 @@ class Store:
                     deliveries.c.claimed_at == row.claimed_at,
                 )
                 .values(
-                    outcome=Outcome.PENDING.value,
-                    attempts=deliveries.c.attempts + 1,
+                    outcome=(Outcome.QUEUED if queue else Outcome.PENDING).value,
+                    attempts=deliveries.c.attempts + (0 if queue else 1),
                     claimed_at=at,
+                    enqueued_at=None,
                     error=None,
                     finished_at=None,
                 )
             ).rowcount
             if taken:
                 return Claim(ClaimResult.RETRY, _transition(row))
-        return Claim(ClaimResult.IN_PROGRESS)
+        return Claim(ClaimResult.QUEUED if queue else ClaimResult.IN_PROGRESS)
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -719,6 +834,7 @@ def _stored_delivery(row: Any) -> StoredDelivery:
         body=bytes(row.body),
         outcome=Outcome(row.outcome),
         attempts=row.attempts,
+        enqueued_at=None if row.enqueued_at is None else _aware(row.enqueued_at),
         finished_at=None if row.finished_at is None else _aware(row.finished_at),
         error=row.error,
         transition=_transition(row),

@@ -4,7 +4,8 @@ Configured from the environment by the test that starts it:
 the credentials in ``CALLBOT_SECRET_KEY`` / ``CALLBOT_UUID`` (read by the example app),
 ``SERVED_DATABASE_URL``, ``SERVED_SIGNAL_LOG`` (a file every process appends one JSON line per
 signal to), ``SERVED_MARKERS`` (a folder for the one-shot fault receivers),
-``SERVED_PROCESSING_TIMEOUT``.
+``SERVED_PROCESSING_TIMEOUT``; for Celery dispatch ``SERVED_BROKER_URL`` and ``SERVED_QUEUE``
+(see ``served_celery.py`` for the worker's side).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from celery import Celery
 from flask import Flask
 
 from example_app import create_app as create_example_app
 from flask_callbot import signals
+from flask_callbot.celery_dispatch import init_celery
 from flask_callbot.testing import ALL_SIGNALS
 
 
@@ -29,8 +32,15 @@ def create_app() -> Flask:
             "CALLBOT_MAX_AGE": 24 * 3600,
             "CALLBOT_MAX_FUTURE_SKEW": 24 * 3600,
             "CALLBOT_PROCESSING_TIMEOUT": int(os.environ.get("SERVED_PROCESSING_TIMEOUT", "60")),
+            "CALLBOT_DISPATCH": "celery" if os.environ.get("SERVED_BROKER_URL") else "inline",
+            "CALLBOT_CELERY_QUEUE": os.environ.get("SERVED_QUEUE"),
+            "CALLBOT_CELERY_RETRY_BACKOFF": 1,
+            "CALLBOT_CELERY_MAX_RETRIES": int(os.environ.get("SERVED_MAX_RETRIES", "3")),
         }
     )
+    if os.environ.get("SERVED_BROKER_URL"):
+        app.extensions["celery"] = celery_for(os.environ["SERVED_BROKER_URL"])
+        init_celery(app)
     markers = Path(os.environ["SERVED_MARKERS"])
     log_path = os.environ["SERVED_SIGNAL_LOG"]
 
@@ -40,6 +50,8 @@ def create_app() -> Flask:
             time.sleep(300)
         if event.raw.get("testFailOnce") and _first_time(markers / f"fail-{event.request_id}"):
             raise RuntimeError("injected receiver failure")
+        if event.raw.get("testFailAlways"):
+            raise RuntimeError("injected permanent receiver failure")
 
     # blinker does not order a signal's receivers, so the faults are injected inside the
     # callback-received recorder, before it writes: a killed or failed attempt records nothing
@@ -48,6 +60,18 @@ def create_app() -> Flask:
         before = inject_faults if signal is signals.callback_received else None
         signal.connect(_recorder(signal.name, log_path, before), app, weak=False)
     return app
+
+
+def celery_for(broker_url: str) -> Celery:
+    """A Celery app on the test broker; one queue per test run keeps runs apart."""
+    celery = Celery("callbot_tests", broker=broker_url)
+    celery.conf.update(
+        task_default_queue=os.environ.get("SERVED_QUEUE", "callbot-tests"),
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return celery
 
 
 def _first_time(marker: Path) -> bool:

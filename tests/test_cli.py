@@ -9,7 +9,7 @@ import pytest
 from click.testing import Result
 from flask import Flask
 
-from flask_callbot import TaskStatus, get_store, signals
+from flask_callbot import StoreUnavailable, TaskStatus, get_store, signals
 from flask_callbot.testing import SentSignal
 
 from support import NOW, Clock, Sender, assert_reply, names, number_payload, task_payload
@@ -239,5 +239,38 @@ def test_prune_in_batches(app: Flask, sender: Sender, clock: Clock) -> None:
 def test_init_db_reports_the_schema_version(app: Flask) -> None:
     result = run(app, "init-db")
     assert result.exit_code == 0, result.output
-    assert result.output == "callbot schema version 1\n"
-    assert run(app, "init-db").output == "callbot schema version 1\n"
+    assert result.output == "callbot schema version 2\n"
+    assert run(app, "init-db").output == "callbot schema version 2\n"
+
+
+def test_init_db_upgrades_version_1_tables(app: Flask, sender: Sender) -> None:
+    """Tables written by schema version 1 (no enqueued_at) are upgraded in place, data kept."""
+    sender.post("task", task_payload(), request_id="kept")
+    store = get_store(app)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE callbot_deliveries DROP COLUMN enqueued_at")
+        conn.exec_driver_sql("UPDATE callbot_schema_version SET version = 1")
+    assert store.get_schema_version() == 1
+    fresh = type(store)(str(store.engine.url.render_as_string(hide_password=False)))
+    try:
+        assert run(app, "init-db").output == "callbot schema version 2\n"
+        assert store.get_delivery("kept").enqueued_at is None
+        assert fresh.get_schema_version() == 2
+    finally:
+        fresh.dispose()
+
+
+def test_a_newer_schema_is_refused(app: Flask, sender: Sender) -> None:
+    store = get_store(app)
+    store.create_schema()
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO callbot_schema_version (version, applied_at) "
+            "VALUES (99, '2030-01-01 00:00:00')"
+        )
+    fresh = type(store)(str(store.engine.url.render_as_string(hide_password=False)))
+    try:
+        with pytest.raises(StoreUnavailable, match="schema version 99, newer than"):
+            fresh.create_schema()
+    finally:
+        fresh.dispose()

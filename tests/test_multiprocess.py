@@ -7,15 +7,12 @@ signal it sees to one log file; the assertions compare that log with the store.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import itertools
 import json
 import os
 import random
-import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +34,8 @@ from support import (
     ROUTES,
     SECRET,
     UUID,
+    CuttableLink,
+    free_port,
     number_payload,
     postgres_schema,
     task_payload,
@@ -116,12 +115,6 @@ class Server:
                 return list(conn.execute(sa.text(f"SELECT * FROM {table}")))  # noqa: S608
         finally:
             engine.dispose()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -372,63 +365,6 @@ def _try_post(server: Server, delivery: Delivery) -> Any:
         return server.post(delivery)
     except (ConnectionError, http.client.HTTPException) as exc:
         return exc
-
-
-class CuttableLink:
-    """A TCP relay to PostgreSQL that the test can cut (refusing and dropping connections)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self.sockets: list[socket.socket] = []
-        self.listener: socket.socket | None = None
-        self.lock = threading.Lock()
-
-    def up(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self.listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def down(self) -> None:
-        # shutdown() before close(): a bare close() does not wake a thread blocked in
-        # accept() or select() on Linux, and the socket would keep working.
-        with self.lock:
-            for sock in [*self.sockets, *([self.listener] if self.listener else [])]:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            self.listener = None
-            self.sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self.lock:
-                self.sockets += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while True:
-                ready, _, _ = select.select([a, b], [], [])
-                for source in ready:
-                    data = source.recv(65536)
-                    if not data:
-                        return
-                    (b if source is a else a).sendall(data)
-        except (OSError, ValueError):
-            return
-        finally:
-            a.close()
-            b.close()
 
 
 @pytest.mark.postgres
