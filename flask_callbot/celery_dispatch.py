@@ -36,7 +36,7 @@ def init_celery(app: Flask, celery_app: Celery | None = None) -> None:
     state = get_state(app)
     settings = state.settings
 
-    @celery_app.task(name=PROCESS_TASK, bind=True, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    @celery_app.task(name=PROCESS_TASK, bind=True, acks_late=True, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def process_delivery(task: Task, request_id: str) -> str:
         final = task.request.retries >= settings.celery_max_retries
         with app.app_context():
@@ -51,7 +51,7 @@ def init_celery(app: Flask, celery_app: Celery | None = None) -> None:
             raise task.retry(countdown=countdown, max_retries=settings.celery_max_retries)
         return result.value
 
-    @celery_app.task(name=SWEEP_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    @celery_app.task(name=SWEEP_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def sweep_task(unqueued_after: int = 60, stalled_after: int = 3600) -> int:
         with app.app_context():
             return len(sweep(app, unqueued_after=unqueued_after, stalled_after=stalled_after))
