@@ -362,14 +362,11 @@ class Store:
         raise DeliveryInProgress(f"requestID {request_id} is being processed right now")
 
     def mark_enqueued(self, request_id: str, *, now: float) -> None:
-        """Record that a queued delivery's message reached the broker."""
+        """Record that a delivery's message reached the broker (its worker may be done already)."""
         with self._transaction() as conn:
             conn.execute(
                 deliveries.update()
-                .where(
-                    deliveries.c.request_id == request_id,
-                    deliveries.c.outcome == Outcome.QUEUED.value,
-                )
+                .where(deliveries.c.request_id == request_id, deliveries.c.enqueued_at.is_(None))
                 .values(enqueued_at=_utc(now))
             )
 
