@@ -54,7 +54,13 @@ def _init_app(app: Flask, clock: Callable[[], float]) -> None:
     if app.config.get("CALLBOT_DATABASE_URL") is None:
         os.makedirs(app.instance_path, exist_ok=True)
     app.extensions[EXTENSION_KEY] = CallbotState(
-        settings=settings, store=Store(settings.database_url, settings.engine_options), clock=clock
+        settings=settings,
+        store=Store(
+            settings.database_url,
+            settings.engine_options,
+            sqlite_synchronous=settings.sqlite_synchronous,
+        ),
+        clock=clock,
     )
     if settings.queued and "celery" in app.extensions:  # the Flask docs' celery_init_app
         from .celery_dispatch import init_celery

@@ -16,6 +16,7 @@ DEFAULTS: Mapping[str, Any] = {
     "CALLBOT_UUID": None,
     "CALLBOT_DATABASE_URL": None,  # an SQLite file in app.instance_path
     "CALLBOT_ENGINE_OPTIONS": {},
+    "CALLBOT_SQLITE_SYNCHRONOUS": "NORMAL",
     "CALLBOT_MAX_CONTENT_LENGTH": 1024 * 1024,
     "CALLBOT_MAX_AGE": 300,
     "CALLBOT_MAX_FUTURE_SKEW": 60,
@@ -36,6 +37,7 @@ class Settings:
     uuid: str
     database_url: str
     engine_options: Mapping[str, Any]
+    sqlite_synchronous: str
     max_content_length: int
     max_age: int
     max_future_skew: int
@@ -75,6 +77,7 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
         uuid=_uuid(get["CALLBOT_UUID"]),
         database_url=database_url,
         engine_options=dict(engine_options),
+        sqlite_synchronous=_sqlite_synchronous(get["CALLBOT_SQLITE_SYNCHRONOUS"]),
         max_content_length=_positive_int(get, "CALLBOT_MAX_CONTENT_LENGTH"),
         max_age=_positive_int(get, "CALLBOT_MAX_AGE"),
         max_future_skew=_positive_int(get, "CALLBOT_MAX_FUTURE_SKEW", allow_zero=True),
@@ -129,3 +132,9 @@ def _algorithms(value: Any) -> tuple[str, ...]:
             f"CALLBOT_SIGN_ALGORITHMS: unknown {', '.join(unknown)}; use MD5 and/or SHA256"
         )
     return upper
+
+
+def _sqlite_synchronous(value: Any) -> str:
+    if not isinstance(value, str) or value.upper() not in ("NORMAL", "FULL", "EXTRA"):
+        raise ConfigurationError('CALLBOT_SQLITE_SYNCHRONOUS must be "NORMAL", "FULL" or "EXTRA"')
+    return value.upper()

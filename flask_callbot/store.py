@@ -9,6 +9,7 @@ never process a requestID twice and a task never moves backwards.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -248,8 +249,14 @@ class OrderState:
 class Store:
     """One per app: owns the engine; tables are created on first use."""
 
-    def __init__(self, url: str, engine_options: Mapping[str, Any] | None = None) -> None:
-        self.engine = create_engine(url, engine_options or {})
+    def __init__(
+        self,
+        url: str,
+        engine_options: Mapping[str, Any] | None = None,
+        *,
+        sqlite_synchronous: str = "NORMAL",
+    ) -> None:
+        self.engine = create_engine(url, engine_options or {}, sqlite_synchronous)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         # A server forking after the store was made (gunicorn --preload) must not share
@@ -274,53 +281,54 @@ class Store:
         event = delivery.event
         with self._transaction() as conn:
             transition = None
+            sql = _statements(conn.dialect.name)
             if isinstance(event, TaskEvent):
-                transition = _decide(_lock_row(conn, tasks, task_id=event.task_id), event)
+                task_row = _lock_row(conn, sql.lock_task, sql.blank_task, task_id=event.task_id)
+                transition = _decide(task_row, event)
                 applied = transition.applied
             else:
                 key = {"task_id": event.task_id, "order_id": event.order_id}
-                applied = _order_is_newer(_lock_row(conn, orders, **key), delivery, event)
+                order_row = _lock_row(conn, sql.lock_order, sql.blank_order, **key)
+                applied = _order_is_newer(order_row, delivery, event)
             inserted = conn.execute(
-                _insert(conn, deliveries)
-                .values(
-                    request_id=delivery.request_id,
-                    kind=delivery.kind.value,
-                    task_id=event.task_id,
-                    order_id=None if isinstance(event, TaskEvent) else event.order_id,
-                    request_ts=delivery.request_ts,
-                    received_at=at,
-                    headers=json.dumps(dict(delivery.headers), sort_keys=True),
-                    body=delivery.body,
-                    body_sha256=body_sha256,
-                    outcome=(Outcome.QUEUED if queue else Outcome.PENDING).value,
-                    attempts=0 if queue else 1,
-                    claimed_at=at,
-                    applied=applied,
+                sql.insert_delivery,
+                {
+                    "request_id": delivery.request_id,
+                    "kind": delivery.kind.value,
+                    "task_id": event.task_id,
+                    "order_id": None if isinstance(event, TaskEvent) else event.order_id,
+                    "request_ts": delivery.request_ts,
+                    "received_at": at,
+                    "headers": json.dumps(dict(delivery.headers), sort_keys=True),
+                    "body": delivery.body,
+                    "body_sha256": body_sha256,
+                    "outcome": (Outcome.QUEUED if queue else Outcome.PENDING).value,
+                    "attempts": 0 if queue else 1,
+                    "claimed_at": at,
+                    "applied": applied,
                     **_transition_columns(transition),
-                )
-                .on_conflict_do_nothing(index_elements=["request_id"])
-                .returning(deliveries.c.id)  # rowcount is not reliable here across drivers
+                },
             ).first()
             if not inserted:
                 return self._reclaim(conn, delivery.request_id, body_sha256, at, lease, queue)
             if isinstance(event, TaskEvent):
                 if applied:
-                    _apply_task(conn, event, at)
+                    _apply_task(conn, sql, event, at)
             else:
-                _apply_order(conn, delivery, event, applied=applied, at=at)
+                _apply_order(conn, sql, delivery, event, applied=applied, at=at)
             return Claim(ClaimResult.NEW, transition)
 
     def finish(self, request_id: str, *, now: float, error: str | None = None) -> None:
         """Mark a claimed delivery processed, or failed with ``error``."""
         with self._transaction() as conn:
             conn.execute(
-                deliveries.update()
-                .where(deliveries.c.request_id == request_id)
-                .values(
-                    outcome=(Outcome.FAILED if error else Outcome.PROCESSED).value,
-                    finished_at=_utc(now),
-                    error=error,
-                )
+                _statements(conn.dialect.name).finish_delivery,
+                {
+                    "k_request_id": request_id,
+                    "outcome": (Outcome.FAILED if error else Outcome.PROCESSED).value,
+                    "finished_at": _utc(now),
+                    "error": error,
+                },
             )
 
     def get_delivery(self, request_id: str) -> StoredDelivery | None:
@@ -649,7 +657,9 @@ def _drop_pool(engine_ref: weakref.ref[Engine]) -> None:
         engine.dispose(close=False)
 
 
-def create_engine(url: str, options: Mapping[str, Any]) -> Engine:
+def create_engine(
+    url: str, options: Mapping[str, Any], sqlite_synchronous: str = "NORMAL"
+) -> Engine:
     """An engine tuned for the backend: SQLite gets WAL, a busy timeout and write-locking BEGINs."""
     try:
         parsed = make_url(url)
@@ -669,18 +679,19 @@ def create_engine(url: str, options: Mapping[str, Any]) -> Engine:
             f"CALLBOT_DATABASE_URL / CALLBOT_ENGINE_OPTIONS: cannot create the engine: {exc}{hint}"
         ) from exc
     if parsed.get_backend_name() == "sqlite":
-        _tune_sqlite(engine, in_memory=parsed.database in (None, "", ":memory:"))
+        in_memory = parsed.database in (None, "", ":memory:")
+        _tune_sqlite(engine, in_memory=in_memory, synchronous=sqlite_synchronous)
     return engine
 
 
-def _tune_sqlite(engine: Engine, *, in_memory: bool) -> None:
+def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:
     @sa_event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # let the "begin" hook below emit BEGIN itself
         cursor = dbapi_connection.cursor()
         if not in_memory:
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
 
     @sa_event.listens_for(engine, "begin")
@@ -689,29 +700,65 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _lock_row(conn: Connection, table: sa.Table, **key: str) -> sa.Row[Any]:
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The hot path's statements, built once per dialect with bind parameters, so a request pays
+    for executing them, not for constructing and cache-keying new ones."""
+
+    lock_task: Any
+    blank_task: Any
+    lock_order: Any
+    blank_order: Any
+    insert_delivery: Any
+    apply_task: Any
+    apply_order: Any
+    finish_delivery: Any
+
+
+@functools.cache
+def _statements(dialect_name: str) -> _Statements:
+    dialect_insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    task_key = tasks.c.task_id == sa.bindparam("task_id")
+    order_key = sa.and_(
+        orders.c.task_id == sa.bindparam("task_id"), orders.c.order_id == sa.bindparam("order_id")
+    )
+    return _Statements(
+        lock_task=tasks.select().where(task_key).with_for_update(),
+        blank_task=dialect_insert(tasks).on_conflict_do_nothing(),
+        lock_order=orders.select().where(order_key).with_for_update(),
+        blank_order=dialect_insert(orders).on_conflict_do_nothing(),
+        insert_delivery=dialect_insert(deliveries)
+        .on_conflict_do_nothing(index_elements=["request_id"])
+        .returning(deliveries.c.id),  # rowcount is not reliable here across drivers
+        apply_task=tasks.update().where(tasks.c.task_id == sa.bindparam("k_task_id")),
+        apply_order=orders.update()
+        .where(
+            orders.c.task_id == sa.bindparam("k_task_id"),
+            orders.c.order_id == sa.bindparam("k_order_id"),
+        )
+        .values(callbacks=orders.c.callbacks + 1),
+        finish_delivery=deliveries.update().where(
+            deliveries.c.request_id == sa.bindparam("k_request_id")
+        ),
+    )
+
+
+def _lock_row(conn: Connection, lock: Any, blank: Any, **key: str) -> sa.Row[Any]:
     """The row with this primary key, locked for the transaction; a blank one on first sighting.
 
     Inserting the blank row under ON CONFLICT DO NOTHING first means two workers seeing a new task
     at once still queue on one row lock instead of both deciding "first sighting".
     """
-    query = table.select().where(*(table.c[name] == value for name, value in key.items()))
-    row = conn.execute(query.with_for_update()).first()
+    row = conn.execute(lock, key).first()
     if row is None:
-        conn.execute(_insert(conn, table).values(**key).on_conflict_do_nothing())
-        row = conn.execute(query.with_for_update()).one()
+        conn.execute(blank, key)
+        row = conn.execute(lock, key).one()
     return row
 
 
 def _prunable(before: datetime, include_failed: bool) -> sa.ColumnElement[bool]:
     kept = [Outcome.PENDING.value] + ([] if include_failed else [Outcome.FAILED.value])
     return sa.and_(deliveries.c.received_at < _in_utc(before), deliveries.c.outcome.not_in(kept))
-
-
-def _insert(conn: Connection, table: sa.Table) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (SQLite and PostgreSQL)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
 
 
 def _decide(row: sa.Row[Any], event: TaskEvent) -> Transition:
@@ -727,21 +774,21 @@ def _decide(row: sa.Row[Any], event: TaskEvent) -> Transition:
     )
 
 
-def _apply_task(conn: Connection, event: TaskEvent, at: datetime) -> None:
+def _apply_task(conn: Connection, sql: _Statements, event: TaskEvent, at: datetime) -> None:
     stats = {name: getattr(event.stat, name) if event.stat else None for name in _STAT_COLUMNS}
     conn.execute(
-        tasks.update()
-        .where(tasks.c.task_id == event.task_id)
-        .values(
-            user_task_id=event.user_task_id,
-            scene_id=event.scene_id,
-            status=int(event.status),
-            status_request_ts=event.request_ts,
-            last_request_id=event.request_id,
-            create_ts=event.create_ts,
-            updated_at=at,
+        sql.apply_task,
+        {
+            "k_task_id": event.task_id,
+            "user_task_id": event.user_task_id,
+            "scene_id": event.scene_id,
+            "status": int(event.status),
+            "status_request_ts": event.request_ts,
+            "last_request_id": event.request_id,
+            "create_ts": event.create_ts,
+            "updated_at": at,
             **stats,
-        )
+        },
     )
 
 
@@ -766,14 +813,18 @@ def _order_is_newer(row: sa.Row[Any], delivery: NewDelivery, event: OrderEvent |
 
 def _apply_order(
     conn: Connection,
+    sql: _Statements,
     delivery: NewDelivery,
     event: OrderEvent | CallEvent,
     *,
     applied: bool,
     at: datetime,
 ) -> None:
-    where = (orders.c.task_id == event.task_id, orders.c.order_id == event.order_id)
-    values: dict[str, Any] = {"callbacks": orders.c.callbacks + 1, "updated_at": at}
+    values: dict[str, Any] = {
+        "k_task_id": event.task_id,
+        "k_order_id": event.order_id,
+        "updated_at": at,
+    }
     if applied:
         call = event.call
         values.update(
@@ -795,12 +846,12 @@ def _apply_order(
             last_kind=delivery.kind.value,
             last_request_id=delivery.request_id,
         )
-    conn.execute(orders.update().where(*where).values(**values))
+    conn.execute(sql.apply_order, values)
 
 
 def _transition_columns(transition: Transition | None) -> dict[str, Any]:
-    if transition is None:
-        return {}
+    if transition is None:  # the same keys every time: one compiled INSERT serves all
+        return {"previous_status": None, "status": None, "changed": None}
     return {
         "previous_status": None if transition.previous is None else int(transition.previous),
         "status": int(transition.status),

@@ -47,6 +47,7 @@ def test_missing_credentials_fail_at_registration(tmp_path: Any, key: str) -> No
         ({"CALLBOT_DATABASE_URL": 5}, "CALLBOT_DATABASE_URL"),
         ({"CALLBOT_DATABASE_URL": "nosuchdb://x"}, "CALLBOT_DATABASE_URL"),
         ({"CALLBOT_ENGINE_OPTIONS": []}, "CALLBOT_ENGINE_OPTIONS"),
+        ({"CALLBOT_SQLITE_SYNCHRONOUS": "OFF"}, "CALLBOT_SQLITE_SYNCHRONOUS"),
     ],
 )
 def test_bad_values_are_named(tmp_path: Any, config: dict[str, Any], key: str) -> None:
@@ -64,6 +65,18 @@ def test_default_store_is_sqlite_in_the_instance_folder(tmp_path: Any) -> None:
     store = get_state(app).store
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    store.dispose()
+
+
+def test_sqlite_synchronous_can_be_full(tmp_path: Any) -> None:
+    app = new_app(tmp_path, CALLBOT_SECRET_KEY=SECRET, CALLBOT_UUID=UUID)
+    app.config["CALLBOT_SQLITE_SYNCHRONOUS"] = "full"
+    app.register_blueprint(create_blueprint(clock=Clock()))
+    assert_reply(Sender(app.test_client(), Clock()).post("task", task_payload()), 200, 0)
+    store = get_state(app).store
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     store.dispose()
 
 
