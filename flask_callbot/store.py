@@ -8,7 +8,8 @@ never process a requestID twice and a task never moves backwards.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -257,6 +258,7 @@ class Store:
         sqlite_synchronous: str = "NORMAL",
     ) -> None:
         self.engine = create_engine(url, engine_options or {}, sqlite_synchronous)
+        self._write_lock = _writer_queue(self.engine)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         # A server forking after the store was made (gunicorn --preload) must not share
@@ -632,7 +634,7 @@ class Store:
             with self._schema_lock:
                 if not self._schema_ready:
                     self.create_schema()
-        with self._translate_errors(), self.engine.begin() as conn:
+        with self._translate_errors(), self._write_lock(), self.engine.begin() as conn:
             yield conn
 
     @contextmanager
@@ -649,6 +651,34 @@ class Store:
 
 
 _LOCK_KEY = 0x43414C4C424F54  # "CALLBOT": the advisory lock that serialises schema changes
+
+
+def _writer_queue(engine: Engine) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """SQLite file stores: processes take turns at writing through an OS file lock.
+
+    SQLite's own busy handler polls with sleeps of 1 to 100 ms while another process writes;
+    under load that wastes most of the time. A blocking ``flock`` on a side file hands the turn
+    over the moment it is released (and the kernel frees it if a process dies).
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return contextlib.nullcontext
+    path = f"{database}.writer-lock"
+    local = threading.local()
+
+    @contextlib.contextmanager
+    def take_turn() -> Iterator[None]:
+        fd = getattr(local, "fd", None)
+        if fd is None or getattr(local, "pid", None) != os.getpid():
+            fd = local.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            local.pid = os.getpid()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    return take_turn
 
 
 def _drop_pool(engine_ref: weakref.ref[Engine]) -> None:
@@ -840,13 +870,23 @@ def _apply_order(
             last_call_end_ts=call.call_end_ts,
             last_call_duration=call.call_duration,
             hangup_cause=call.hangup_cause,
-            intents=json.dumps([dataclasses.asdict(intent) for intent in call.intents]),
+            intents=json.dumps([_intent_row(intent) for intent in call.intents]),
             version_request_ts=delivery.request_ts,
             version_kind_rank=_KIND_RANK[delivery.kind],
             last_kind=delivery.kind.value,
             last_request_id=delivery.request_id,
         )
     conn.execute(sql.apply_order, values)
+
+
+def _intent_row(intent: Intent) -> dict[str, Any]:
+    # Not dataclasses.asdict: it deep-copies every value, a third of an order callback's cost.
+    return {
+        "intent_id": intent.intent_id,
+        "intent_tag": intent.intent_tag,
+        "intent_name": intent.intent_name,
+        "intent_level": intent.intent_level,
+    }
 
 
 def _transition_columns(transition: Transition | None) -> dict[str, Any]:

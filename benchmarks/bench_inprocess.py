@@ -1,0 +1,190 @@
+"""CPU cost per callback through the WSGI app, no network: floor, peer and flask_callbot.
+
+    python benchmarks/bench_inprocess.py [--requests 3000] [--rounds 3] [--memory 100000]
+                                         [--million] [--profile]
+
+Every figure is CPU time (``time.process_time``) per request through ``app.wsgi_app`` with a
+prebuilt WSGI environ, the median of ``--rounds`` rounds, measured in this one run; the ratios
+are to the floor measured alongside. Also: the cost with 1 thousand against 1 million tasks
+stored (``--million``), an order callback with 1, 20 and 200 intents, the peak RSS while
+``--memory`` deliveries go through one process, and, with ``--profile``, where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apps import callbot_app, floor_app, order_body, peer_app, signed, task_body
+
+from flask_callbot import get_store
+
+Request = tuple[str, bytes, dict[str, str]]
+
+
+def environ(path: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    env = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SERVER_NAME": "bench",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "CONTENT_LENGTH": str(len(body)),
+        "CONTENT_TYPE": "application/json",
+    }
+    env.update({"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()})
+    return env
+
+
+def run(app: Flask, requests: Iterable[Request]) -> float:
+    """CPU microseconds per request; every reply must be a 200."""
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        statuses.append(status)
+
+    envs = [environ(*request) for request in requests]
+    started = time.process_time()
+    for env in envs:
+        for _ in app.wsgi_app(env, start_response):
+            pass
+    elapsed = time.process_time() - started
+    assert set(statuses) == {"200 OK"}, set(statuses)
+    return elapsed / len(envs) * 1e6
+
+
+def task_requests(n: int, tasks: int, seed: int) -> list[Request]:
+    rng = random.Random(seed)
+    now = int(time.time())
+    return [
+        ("/api/v3/taskCallback", body, signed(body, now))
+        for body in (task_body(rng, tasks, now) for _ in range(n))
+    ]
+
+
+def median_of(rounds: int, measure: Callable[[int], float]) -> float:
+    return statistics.median(measure(r) for r in range(rounds))
+
+
+def seed_tasks(app: Flask, count: int) -> None:
+    """Store ``count`` tasks directly (the bench is about requests, not about loading)."""
+    store = get_store(app)
+    store.create_schema()
+    rows = (
+        {"task_id": f"task-{n}", "user_task_id": "campaign", "status": 2, "status_request_ts": 0}
+        for n in range(count)
+    )
+    columns = ("task_id", "user_task_id", "status", "status_request_ts")
+    table = sa.table("callbot_tasks", *(sa.column(name) for name in columns))
+    with store.engine.begin() as conn:
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == 50_000:
+                conn.execute(table.insert(), batch)
+                batch.clear()
+        if batch:
+            conn.execute(table.insert(), batch)
+
+
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory", type=int, default=100_000, help="deliveries (0: skip)")
+    parser.add_argument("--million", action="store_true", help="also 1,000,000 stored tasks")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="callbot-bench-"))
+    n = args.requests
+
+    def fresh(name: str) -> str:
+        return f"sqlite:///{folder / f'{name}-{time.monotonic_ns()}.sqlite3'}"
+
+    floor = floor_app()
+    peer = peer_app(fresh("peer"))
+    callbot = callbot_app(fresh("callbot"))
+    for app in (floor, peer, callbot):  # warm up: imports, compiled statement caches
+        run(app, task_requests(300, 1000, seed=0))
+    cost = {
+        name: median_of(args.rounds, lambda r, app=app: run(app, task_requests(n, 1000, r + 1)))
+        for name, app in (("floor", floor), ("peer", peer), ("callbot", callbot))
+    }
+    print(f"task callback, CPU per request (median of {args.rounds} x {n}), SQLite, inline:")
+    for name, micros in cost.items():
+        print(f"  {name:8} {micros:8.1f} us   x{micros / cost['floor']:.2f} floor")
+    print(f"  callbot / peer: x{cost['callbot'] / cost['peer']:.2f}")
+
+    sizes = [1000, 1_000_000] if args.million else [1000]
+    stored = {}
+    for size in sizes:
+        app = callbot_app(fresh(f"tasks{size}"))
+        seed_tasks(app, size)
+        run(app, task_requests(300, size, seed=0))
+        stored[size] = median_of(args.rounds, lambda r, app=app, size=size: run(
+            app, task_requests(n, size, r + 1)))  # fmt: skip
+        print(f"  with {size:>9,} tasks stored: {stored[size]:8.1f} us")
+    if len(stored) == 2:
+        print(f"  1M / 1k tasks: x{stored[1_000_000] / stored[1000]:.3f}")
+
+    app = callbot_app(fresh("orders"))
+    now = int(time.time())
+    intents_cost = {}
+    for intents in (1, 20, 200):
+        requests = [
+            ("/api/v3/orderCallback", body, signed(body, now))
+            for body in (order_body(intents) for _ in range(max(n // 3, 300)))
+        ]
+        run(app, requests[:50])
+        intents_cost[intents] = run(app, requests[50:])
+        print(f"  order callback, {intents:>3} intents: {intents_cost[intents]:8.1f} us")
+    slope_low = (intents_cost[20] - intents_cost[1]) / 19
+    slope_high = (intents_cost[200] - intents_cost[20]) / 180
+    print(f"  per intent: {slope_low:.2f} us (1->20), {slope_high:.2f} us (20->200)")
+
+    if args.memory:
+        app = callbot_app(fresh("memory"))
+        done, marks = 0, {}
+        for mark in (10_000, 25_000, 50_000, args.memory):
+            while done < mark:
+                size = min(5000, mark - done)
+                run(app, task_requests(size, 1000, seed=done))
+                done += size
+            marks[mark] = (rss_kib("VmRSS"), rss_kib("VmHWM"))
+            print(f"  after {mark:>7,} deliveries: RSS {marks[mark][0] / 1024:6.1f} MiB, "
+                  f"peak {marks[mark][1] / 1024:6.1f} MiB")  # fmt: skip
+    if args.profile:
+        profiler = cProfile.Profile()
+        requests = task_requests(n, 1000, seed=99)
+        profiler.enable()
+        run(callbot, requests)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
+if __name__ == "__main__":
+    main()
