@@ -26,8 +26,14 @@ from .routes import callback_url, split_callback_url
 from .simulator import Result, Window, build_campaign, post_callback, run_campaign
 from .state import CallbotState, get_state
 from .store import Outcome, Store, StoredDelivery, TaskState
-from .testing import SERIALIZATIONS, call_payload, order_payload, serialize, sign_headers
-from .testing import task_payload as example_task_payload
+from .testing import (
+    SERIALIZATIONS,
+    call_payload,
+    order_payload,
+    serialize,
+    sign_headers,
+    task_payload,
+)
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -301,16 +307,18 @@ def _base_url(url: str) -> tuple[str, CallbackKind | None]:
         raise click.BadParameter(str(exc), param_hint="URL") from None
 
 
-def _timestamp(text: str) -> float:
-    """Unix seconds, an ISO time, or a duration ago (``2h``), by the app's clock."""
-    if text.strip().isdigit():
-        return float(text)
-    value = parse_moment(text)
+def _moment_or_seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """Unix seconds, or what :func:`parse_moment` reads (made a timestamp by :func:`_timestamp`,
+    inside the app context, where the app's clock is)."""
+    if value is None:
+        return None
+    return float(value) if value.strip().isdigit() else parse_moment(value)
+
+
+def _timestamp(value: float | datetime | timedelta) -> float:
+    if isinstance(value, float):
+        return value
     return (_now() - value if isinstance(value, timedelta) else value).timestamp()
-
-
-def _timestamp_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    return None if value is None else _timestamp(value)
 
 
 @click.command("send")
@@ -406,7 +414,7 @@ def send(
 def _send_payload(kind: CallbackKind, payload_file: Any, status: int | None) -> dict[str, Any]:
     if payload_file is None:
         factory = {
-            CallbackKind.TASK: example_task_payload,
+            CallbackKind.TASK: task_payload,
             CallbackKind.ORDER: order_payload,
             CallbackKind.CALL: call_payload,
         }[kind]
@@ -542,11 +550,11 @@ def simulate(
 @click.option("--kind", type=_KINDS, help="Which callback, when the capture has no path.")
 @click.option(
     "--now",
-    callback=_timestamp_option,
+    callback=_moment_or_seconds,
     help="Judge the time window at this moment (the time it was received): unix seconds, an "
     "ISO time, or a duration ago (2h) [default: now, by the app's clock].",
 )
-def verify(capture: Any, kind: str | None, now: float | None) -> None:
+def verify(capture: Any, kind: str | None, now: float | datetime | timedelta | None) -> None:
     """Explain step by step whether a captured request verifies, and why not.
 
     CAPTURE is a file (or - for stdin) holding a raw HTTP request (request line, headers, blank
@@ -564,9 +572,8 @@ def verify(capture: Any, kind: str | None, now: float | None) -> None:
     click.echo(f"request: {request.form}{route} ({what}), body {len(request.body)} bytes")
     for note in request.notes:
         click.echo(f"  note: {note}")
-    result = verify_request(
-        request, state.settings, now=state.clock() if now is None else now, kind=chosen
-    )
+    moment = state.clock() if now is None else _timestamp(now)
+    result = verify_request(request, state.settings, now=moment, kind=chosen)
     for step in result.steps:
         click.echo(step.line())
     click.echo(f"verdict: {result.verdict}")
@@ -578,11 +585,11 @@ def verify(capture: Any, kind: str | None, now: float | None) -> None:
 @with_appcontext
 @click.option(
     "--reference",
-    callback=_timestamp_option,
+    callback=_moment_or_seconds,
     help="A trusted current time to compare the system clock with (unix seconds or ISO), "
     "e.g. `date +%s` on a machine you trust.",
 )
-def doctor(reference: float | None) -> None:
+def doctor(reference: float | datetime | timedelta | None) -> None:
     """Check the configuration: secret, uuid, algorithms, store, clock. Exits 1 on a problem."""
     state = _state()
     steps = check_configuration(
@@ -590,7 +597,7 @@ def doctor(reference: float | None) -> None:
         state.store,
         now=state.clock(),
         system_now=time.time(),
-        reference=reference,
+        reference=None if reference is None else _timestamp(reference),
     )
     for step in steps:
         click.echo(step.line())

@@ -334,18 +334,6 @@ def _signature_hints(
 ) -> list[str]:
     """Why a signature that matches nothing might have failed: the usual slips, tried out."""
     hints = []
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict):
-        for style in SERIALIZATIONS:
-            candidate = serialize(payload, style)
-            if candidate != body and _matches(auth, candidate, keys, algorithms):
-                hints.append(
-                    f"the body was re-serialised: the signature matches the {_STYLE_NAMES[style]} "
-                    "form of the same JSON; sign and send the same bytes"
-                )
     stripped = body.rstrip(b"\r\n")
     if stripped != body and _matches(auth, stripped, keys, algorithms):
         hints.append(
@@ -353,6 +341,18 @@ def _signature_hints(
             "newline byte(s): added by an editor or the capture tool? (in a raw HTTP capture, "
             "a Content-Length header lets verify trim them)"
         )
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and not hints:
+        for style in SERIALIZATIONS:
+            candidate = serialize(payload, style)
+            if candidate != body and _matches(auth, candidate, keys, algorithms):
+                hints.append(
+                    f"the body was re-serialised: the signature matches the {_STYLE_NAMES[style]} "
+                    "form of the same JSON; sign and send the same bytes"
+                )
     trimmed = [key.strip() for key in keys]
     if trimmed != list(keys) and _matches(auth, body, trimmed, algorithms):
         hints.append("CALLBOT_SECRET_KEY has spaces around it: the signature matches without")

@@ -121,7 +121,6 @@ class _Plan:
     """The campaign as the vendor lives it, in creation order, before times and bodies."""
 
     rng: random.Random
-    run_id: str
     orders: int
     events: list[tuple[CallbackKind, dict[str, Any], str]] = field(default_factory=list)
     finished: int = 0
@@ -150,7 +149,7 @@ class _Plan:
         answered = rng.random() < 0.6
         self.answered_calls += answered
         order["attempts"] += 1
-        call = {"answered": answered, "number": self.calls, "attempt": order["attempts"]}
+        call: dict[str, Any] = {"answered": answered, "number": self.calls}
         if answered:
             call["intents"] = rng.sample(range(len(_INTENTS)), rng.randint(1, 3))
             call["talk"] = rng.randint(20, 240)
@@ -197,6 +196,8 @@ def build_campaign(
     """
     if orders < 1:
         raise ValueError("a campaign needs at least one order")
+    if lines < 1 or span < 0:
+        raise ValueError("lines must be at least 1 and span not negative")
     for name, fraction in (
         ("duplicates", duplicates),
         ("bad_signatures", bad_signatures),
@@ -207,7 +208,7 @@ def build_campaign(
     serialize({}, serialization)  # refuse an unknown style before doing any work
     rng = random.Random(seed)  # noqa: S311 - a simulation, not cryptography
     run_id = run_id or uuid_module.uuid4().hex[:10]
-    plan = _plan(rng, run_id, orders, lines)
+    plan = _plan(rng, orders, lines)
     ats = _creation_times(plan.events, span)
     start = int(time.time()) if start is None else start
     task_id, user_task_id = f"sim-{run_id}", f"campaign-{run_id}"
@@ -253,8 +254,8 @@ def build_campaign(
     )
 
 
-def _plan(rng: random.Random, run_id: str, orders: int, lines: int) -> _Plan:
-    plan = _Plan(rng=rng, run_id=run_id, orders=orders)
+def _plan(rng: random.Random, orders: int, lines: int) -> _Plan:
+    plan = _Plan(rng=rng, orders=orders)
     plan.task(TaskStatus.PENDING, "task PENDING")
     plan.task(TaskStatus.IN_PROGRESS, "task IN_PROGRESS")
     pause_after = orders * 2 // 5
@@ -655,7 +656,9 @@ def run_campaign(
 ) -> Summary:
     """Post ``campaign`` to the receiver at ``base_url`` (its blueprint prefix included).
 
-    Deliveries are submitted in order, ``delay`` seconds apart, to ``concurrency`` senders;
+    Deliveries are submitted in order, ``delay`` seconds apart, to ``concurrency`` senders. A
+    genuine task update goes alone (after everything before it is answered, before anything
+    after it is sent), so the task's life arrives as planned; reordering is part of the plan.
     ``progress`` is called (in this thread) as each answer comes back. ``window`` is the
     receiver's timestamp window, used to tell which skewed deliveries it must refuse.
     """
@@ -704,7 +707,9 @@ def run_campaign(
             reply = post_callback(url, delivery.body, headers, timeout=timeout)
             result = Result(delivery=delivery, create_ts=create_ts, expected=expected, reply=reply)
         except OSError as exc:
-            error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+            reason = getattr(exc, "reason", exc)  # urllib wraps the socket's error
+            cause = reason if isinstance(reason, BaseException) else exc
+            error = f"{type(cause).__name__}: {reason}"
             result = Result(
                 delivery=delivery, create_ts=create_ts, expected=expected, reply=None, error=error
             )
@@ -722,18 +727,29 @@ def run_campaign(
             if block:
                 return
 
+    def drain() -> None:
+        while len(results) < submitted:
+            collect(block=True)
+
     began = time.monotonic()
+    submitted = 0
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="callbot-sim") as pool:
         for position, delivery in enumerate(campaign.deliveries):
             if delay and position:
                 time.sleep(delay)
+            # A task update goes alone, so the task's life arrives in the planned order.
+            alone = delivery.kind is CallbackKind.TASK and delivery.role is Role.GENUINE
+            if alone:
+                drain()
             headers, create_ts = headers_for(delivery)
             concurrent = delivery.created in doubled
             expected = _expected(delivery, create_ts, clock(), window, concurrent=concurrent)
             pool.submit(send, delivery, headers, create_ts, expected)
+            submitted += 1
+            if alone:
+                drain()
             collect(block=False)
-        while len(results) < len(campaign.deliveries):
-            collect(block=True)
+        drain()
     return Summary(
         campaign=campaign,
         url=base_url,

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
 from flask_callbot import testing
@@ -129,3 +133,19 @@ class postgres_schema:
         with self.admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{self.name}" CASCADE'))
         self.admin.dispose()
+
+
+@contextmanager
+def serve(wsgi_app: Any) -> Iterator[str]:
+    """Serve ``wsgi_app`` over real HTTP on a free loopback port; yields its base URL."""
+    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="test-server", daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
