@@ -17,14 +17,9 @@ from .cli import register_commands
 from .config import load_settings
 from .errors import ConfigurationError, PayloadTooLarge
 from .events import CallbackKind
+from .routes import ROUTES as ROUTES  # re-exported: it used to live here
 from .state import EXTENSION_KEY, CallbotState, get_state
 from .store import Store
-
-ROUTES = {
-    CallbackKind.TASK: "/api/v3/taskCallback",
-    CallbackKind.ORDER: "/api/v3/orderCallback",
-    CallbackKind.CALL: "/api/v3/callCallback",
-}
 
 
 def create_blueprint(*, name: str = "callbot", clock: Callable[[], float] = time.time) -> Blueprint:

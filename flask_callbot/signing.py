@@ -41,6 +41,15 @@ _UUID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CREATE_TS = re.compile(r"[0-9]{1,12}")
 _SIGN = re.compile(r"[0-9A-Fa-f]{32}|[0-9A-Fa-f]{64}")
 
+#: The strict form of each required auth header (a regular expression matched in full), for
+#: documentation (the OpenAPI document) and diagnostics.
+HEADER_PATTERNS: Mapping[str, str] = {
+    "requestID": _REQUEST_ID.pattern,
+    "uuid": _UUID.pattern,
+    "createTs": _CREATE_TS.pattern,
+    "sign": _SIGN.pattern,
+}
+
 _HEADER_NAMES = {
     "requestid": "requestID",
     "uuid": "uuid",

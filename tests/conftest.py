@@ -11,7 +11,10 @@ from flask import Flask
 from flask_callbot import create_blueprint
 from flask_callbot.testing import SentSignal, record_signals
 
-from support import POSTGRES_URL, SECRET, UUID, Clock, Sender, postgres_schema
+from support import POSTGRES_URL, SECRET, UUID, Clock, Sender, postgres_schema, serve
+
+#: pytester runs small user test suites against the pytest plugin (tests/test_pytest_plugin.py).
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(
@@ -71,3 +74,10 @@ def sent(app: Flask) -> Iterator[list[SentSignal]]:
     """Every flask_callbot signal the app sends during the test, in order."""
     with record_signals(sender=app) as sent:
         yield sent
+
+
+@pytest.fixture
+def live_url(app: Flask) -> Iterator[str]:
+    """``app`` served over real HTTP on a loopback port, for the commands that post to a URL."""
+    with serve(app) as url:
+        yield url

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
-from flask_callbot.testing import SentSignal, sign_headers
+from flask_callbot import testing
+from flask_callbot.testing import CallbotClient, SentSignal
 
 SECRET = "u7Mf3zUNOkg4lMV9a0E6cHSgIkK22GSr"
 UUID = "Vh71ym3yQwWSYZFpqkFwTskGXUbSxDtR"
@@ -39,101 +42,21 @@ class Clock:
 
 
 def task_payload(**overrides: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "callbackType": 1,
-        "userTaskID": "crm-campaign-42",
-        "taskID": "T100",
-        "sceneID": "S7",
-        "taskStatus": 2,
-        "createTs": 1_799_990_000,
-        "taskStat": {
-            "answerOrderCount": 3,
-            "finishOrderCount": 5,
-            "totalOrderCount": 10,
-            "finishRate": 0.5,
-            "totalAnswerCall": 3,
-            "totalCall": 6,
-            "answerRate": 0.5,
-        },
-    }
-    payload.update(overrides)
-    return payload
+    return testing.task_payload(**overrides)
 
 
 def number_payload(**overrides: Any) -> dict[str, Any]:
-    """A realistic order/call callback: several intents, Chinese text, a full agent, drift."""
-    payload: dict[str, Any] = {
-        "callbackType": "2",
-        "orderID": "order-0001",
-        "userPhone": "8613800138000",
-        "userName": "王小明",
-        "sceneID": "S7",
-        "userTaskID": "crm-campaign-42",
-        "taskID": "T100",
-        "finish": True,
-        "other": "crm-contact=991",
-        "newTopLevelField": {"since": "2026"},
-        "callInfoDetail": {
-            "callID": "call-0001",
-            "callStatus": 1,
-            "callStartTs": 1_799_999_000,
-            "callAnswerTs": 1_799_999_005,
-            "callEndTs": 1_799_999_065,
-            "callDuration": 60,
-            "callAudioUrl": "https://records.example/call-0001.wav",
-            "hangupCause": "NORMAL_CLEARING",
-            "termSipCode": "200",
-            "callingNumber": "02150000000",
-            "lineAddress": "sip-line-3",
-            "newCallField": 1,
-            "intents": [
-                {
-                    "intentID": "i1",
-                    "intentTag": "interested",
-                    "intentName": "有意向",
-                    "intentLevel": 1,
-                    "newIntentField": "x",
-                },
-                {
-                    "intentID": "i2",
-                    "intentTag": "callback",
-                    "intentName": "要求回电",
-                    "intentLevel": "2",
-                },
-                {
-                    "intentID": "i3",
-                    "intentTag": "price",
-                    "intentName": "询问价格",
-                    "intentLevel": 3,
-                },
-            ],
-            "sms": [
-                {
-                    "smsSendTs": 1_799_999_070,
-                    "sysMessageID": "m-1",
-                    "smsContent": "您好，感谢您的接听！",
-                    "newSmsField": True,
-                },
-            ],
-            "agent": {
-                "agentName": "李雷",
-                "agentGroup": "sales",
-                "agentLabel": "senior",
-                "agentCallStatus": 1,
-                "agentCallElapsed": 42,
-                "manualCallStart": 1_799_999_020,
-                "manualCallAnswer": 1_799_999_021,
-                "manualCallEnd": 1_799_999_063,
-                "manualHangupBy": 2,
-                "newAgentField": None,
-            },
-            "params": [
-                {"name": "product", "value": "宽带套餐"},
-                {"name": "discount", "value": "20%", "newParamField": 0},
-            ],
-            "recordDetail": [{"role": "bot", "text": "您好"}],
-        },
-    }
+    """A realistic order/call callback with the vendor's drift: a string callbackType, a digit
+    string intentLevel, unknown fields at every level, a ``recordDetail`` list."""
+    payload = testing.call_payload(callbackType="2", newTopLevelField={"since": "2026"})
+    detail = payload["callInfoDetail"]
+    detail["newCallField"] = 1
+    detail["intents"][0]["newIntentField"] = "x"
+    detail["intents"][1]["intentLevel"] = "2"
+    detail["sms"][0]["newSmsField"] = True
+    detail["agent"]["newAgentField"] = None
+    detail["params"][1]["newParamField"] = 0
+    detail["recordDetail"] = [{"role": "bot", "text": "您好"}]
     payload.update(overrides)
     return payload
 
@@ -143,7 +66,7 @@ def payload_for(kind: str, **overrides: Any) -> dict[str, Any]:
 
 
 class Sender:
-    """Signs and posts callbacks as the vendor does: serialise once, sign those bytes, post them."""
+    """Signs and posts callbacks as the vendor does, by the test's clock (see CallbotClient)."""
 
     def __init__(self, client: FlaskClient, clock: Clock) -> None:
         self.client = client
@@ -162,17 +85,17 @@ class Sender:
         uuid: str = UUID,
         prefix: str = "",
     ) -> TestResponse:
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        signed = sign_headers(
-            body,
-            secret_key=secret_key,
-            uuid=uuid,
-            algorithm=algorithm,
-            request_id=request_id,
-            create_ts=int(self.clock.now) if create_ts is None else create_ts,
+        client = CallbotClient(
+            self.client, secret_key=secret_key, uuid=uuid, prefix=prefix, clock=self.clock
         )
-        signed.update(headers or {})
-        return self.client.post(prefix + ROUTES[kind], data=body, headers=signed)
+        return client.post(
+            kind,
+            payload,
+            request_id=request_id,
+            create_ts=create_ts,
+            algorithm=algorithm,
+            headers=headers,
+        )
 
 
 def names(sent: list[SentSignal]) -> list[str]:
@@ -276,3 +199,19 @@ class CuttableLink:
         finally:
             a.close()
             b.close()
+
+
+@contextmanager
+def serve(wsgi_app: Any) -> Iterator[str]:
+    """Serve ``wsgi_app`` over real HTTP on a free loopback port; yields its base URL."""
+    server = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="test-server", daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

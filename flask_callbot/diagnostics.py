@@ -1,0 +1,497 @@
+"""Diagnostics for a failing integration: why a captured request verifies or not, and whether the
+configuration is sound. ``flask callbot verify`` and ``flask callbot doctor`` print these steps.
+
+Verification walks the pipeline's own checks (:mod:`flask_callbot.signing`, the schemas) one by
+one, but carries on after a failure so every problem shows at once. Secrets are only ever shown
+masked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from .config import Settings
+from .errors import CallbotError, InvalidSignature, PayloadTooLarge, RequestRejected
+from .events import CallbackKind, TaskEvent
+from .routes import ROUTES
+from .schemas import build_event, decode_body
+from .signing import (
+    ALGORITHMS,
+    AuthHeaders,
+    check_timestamp,
+    check_uuid,
+    compute_signature,
+    is_well_formed_uuid,
+    parse_auth_headers,
+    verify_signature,
+)
+from .store import SCHEMA_VERSION, Store, schema_version
+from .testing import SERIALIZATIONS, serialize
+
+OK, FAIL, SKIP, HINT = "OK", "FAIL", "SKIP", "HINT"
+WARN, PROBLEM = "WARN", "PROBLEM"
+_SHORT_SECRET = 16
+#: A system clock before this is surely wrong (unix seconds: 2024-01-01).
+_EARLIEST_PLAUSIBLE = 1_704_067_200
+_STYLE_NAMES = {
+    "python": "spaced (json.dumps defaults: ', ' and ': ', non-ASCII escaped)",
+    "compact": "compact (no spaces, raw UTF-8)",
+}
+
+
+def mask_secret(secret: str) -> str:
+    """``u7Mf…GSr``: enough to tell keys apart, never enough to use one."""
+    if len(secret) < 12:
+        return f"…({len(secret)} characters)"
+    return f"{secret[:4]}…{secret[-3:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One checked point: its status (OK, FAIL, SKIP, HINT; WARN, PROBLEM) and why."""
+
+    status: str
+    name: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.status:<7} {self.name}: {self.detail}"
+
+
+class CaptureError(ValueError):
+    """The capture file cannot be read as a request."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapturedRequest:
+    """A request as captured: its headers in order, its exact body, its path if known."""
+
+    form: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    path: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> CallbackKind | None:
+        """The callback kind named by the path's route, as the receiver would route it."""
+        path = (self.path or "").rstrip("/")
+        return next((kind for kind, route in ROUTES.items() if path.endswith(route)), None)
+
+
+def parse_capture(data: bytes) -> CapturedRequest:
+    """Read raw HTTP (request line, headers, blank line, body; CRLF or LF) or JSON
+    ``{"headers": {...}, "body": "..."}`` (or ``"body_base64"``; ``"path"`` or ``"url"``)."""
+    if data.lstrip()[:1] == b"{":
+        return _parse_json_capture(data)
+    return _parse_http_capture(data)
+
+
+_REQUEST_LINE = re.compile(r"([A-Z]+) (\S+)(?: HTTP/\d(?:\.\d)?)?")
+
+
+def _parse_http_capture(data: bytes) -> CapturedRequest:
+    ends = [(data.find(sep), len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if sep in data]
+    if not ends:
+        raise CaptureError("no blank line after the headers: is this a raw HTTP request?")
+    end, width = min(ends)
+    head, body = data[:end].decode("latin-1"), data[end + width :]
+    lines = [line.rstrip("\r") for line in head.split("\n")]
+    path = None
+    match = _REQUEST_LINE.fullmatch(lines[0])
+    if match:
+        path = urlsplit(match[2]).path
+        lines = lines[1:]
+    headers = []
+    for number, line in enumerate(lines, start=2 if match else 1):
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise CaptureError(f"line {number} is not a header: {line[:60]!r}")
+        headers.append((name.strip(), value.strip()))
+    notes: list[str] = []
+    values = {name.lower(): value for name, value in headers}
+    if values.get("transfer-encoding", "").lower() == "chunked":
+        body = _dechunk(body)
+        notes.append("the chunked body was decoded")
+    elif values.get("content-length", "").isdigit():
+        length = int(values["content-length"])
+        if len(body) > length:
+            notes.append(
+                f"{len(body) - length} byte(s) after Content-Length ({length}) were ignored"
+            )
+            body = body[:length]
+        elif len(body) < length:
+            notes.append(f"the body has {len(body)} of its {length} bytes: the capture is cut")
+    return CapturedRequest(
+        form="raw HTTP", headers=tuple(headers), body=body, path=path, notes=tuple(notes)
+    )
+
+
+def _dechunk(data: bytes) -> bytes:
+    body, rest = b"", data
+    while True:
+        size_line, sep, rest = rest.partition(b"\n")
+        try:
+            size = int(size_line.split(b";")[0].strip(), 16)
+        except ValueError:
+            raise CaptureError("the chunked body is malformed") from None
+        if not sep or size == 0:
+            return body
+        body, rest = body + rest[:size], rest[size:].removeprefix(b"\r\n").removeprefix(b"\n")
+
+
+def _parse_json_capture(data: bytes) -> CapturedRequest:
+    try:
+        capture = json.loads(data)
+    except ValueError as exc:
+        raise CaptureError(f"not valid JSON: {exc}") from None
+    if not isinstance(capture, dict) or "headers" not in capture:
+        raise CaptureError('a JSON capture is an object with "headers" and "body"')
+    raw_headers = capture["headers"]
+    pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
+    try:
+        headers = tuple((str(name), str(value)) for name, value in pairs)
+    except (TypeError, ValueError):
+        raise CaptureError('"headers" must be an object or a list of [name, value]') from None
+    if ("body" in capture) == ("body_base64" in capture):
+        raise CaptureError('give exactly one of "body" (a string) and "body_base64"')
+    if "body_base64" in capture:
+        try:
+            body = base64.b64decode(capture["body_base64"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise CaptureError('"body_base64" is not valid base64') from None
+    elif isinstance(capture["body"], str):
+        body = capture["body"].encode()
+    else:
+        raise CaptureError('"body" must be a string: the body exactly as sent, not parsed JSON')
+    where = capture.get("path") or capture.get("url")
+    path = urlsplit(where).path if isinstance(where, str) else None
+    return CapturedRequest(form="JSON", headers=headers, body=body, path=path)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verification:
+    """The steps, and what the receiver would answer (the first failing step decides)."""
+
+    steps: tuple[Step, ...]
+    verified: bool
+    verdict: str
+
+
+@dataclass
+class _Walk:
+    steps: list[Step] = field(default_factory=list)
+    refusal: str | None = None
+
+    def add(self, status: str, name: str, detail: str, error: CallbotError | None = None) -> None:
+        self.steps.append(Step(status, name, detail))
+        if status == FAIL and self.refusal is None:
+            code = f"{error.http_status} retCode {error.ret_code} ({error.reason})" if error else ""
+            self.refusal = f"refused at {name}" + (f": the receiver answers {code}" if code else "")
+
+
+def verify_capture(
+    capture: CapturedRequest,
+    settings: Settings,
+    *,
+    now: float,
+    kind: CallbackKind | None = None,
+) -> Verification:
+    """Check ``capture`` as the receiver would, explaining every step."""
+    walk = _Walk()
+    kind = kind or capture.kind
+    body = capture.body
+    if len(body) > settings.max_content_length:
+        error = PayloadTooLarge("body is larger than CALLBOT_MAX_CONTENT_LENGTH")
+        walk.add(FAIL, "size", f"{len(body)} bytes is over CALLBOT_MAX_CONTENT_LENGTH", error)
+    else:
+        walk.add(OK, "size", f"{len(body)} bytes (limit {settings.max_content_length})")
+    try:
+        auth = parse_auth_headers(capture.headers)
+    except RequestRejected as exc:
+        walk.add(FAIL, "headers", exc.message, exc)
+        auth = None
+    if auth is None:
+        for name in ("time window", "uuid", "signature"):
+            walk.add(SKIP, name, "needs well-formed auth headers")
+    else:
+        names = "requestID, uuid, createTs, sign" + (", algorithm" if auth.algorithm else "")
+        walk.add(OK, "headers", f"{names} present once each and well formed")
+        _check_window(walk, auth, settings, now)
+        try:
+            check_uuid(auth.uuid, settings.uuid)
+            walk.add(OK, "uuid", f"{auth.uuid} is CALLBOT_UUID")
+        except RequestRejected as exc:
+            walk.add(FAIL, "uuid", f"{auth.uuid} is not CALLBOT_UUID ({settings.uuid})", exc)
+        _check_signature(walk, auth, body, settings)
+    _check_body(walk, kind, body, auth)
+    if walk.refusal is None:
+        verdict = "verifies: the receiver accepts it (200 retCode 0)"
+    else:
+        verdict = walk.refusal
+    return Verification(steps=tuple(walk.steps), verified=walk.refusal is None, verdict=verdict)
+
+
+def _utc(timestamp: float) -> str:
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
+
+
+def _check_window(walk: _Walk, auth: AuthHeaders, settings: Settings, now: float) -> None:
+    age = int(now) - auth.request_ts
+    when = f"{age} s old" if age >= 0 else f"{-age} s in the future"
+    window = (
+        f"allowed: {settings.max_age} s old to {settings.max_future_skew} s ahead of "
+        f"{int(now)} ({_utc(now)})"
+    )
+    try:
+        check_timestamp(
+            auth.request_ts,
+            now=now,
+            max_age=settings.max_age,
+            max_future_skew=settings.max_future_skew,
+        )
+    except RequestRejected as exc:
+        walk.add(FAIL, "time window", f"createTs {auth.create_ts} is {when}; {window}", exc)
+        if age > 0:
+            hint = "checking an old capture? pass --now with the time it was received"
+        else:
+            hint = "the sender's clock runs ahead of this one (or --now is before the receipt)"
+        walk.add(HINT, "time window", hint)
+        return
+    walk.add(OK, "time window", f"createTs {auth.create_ts} is {when}; {window}")
+
+
+def _matches(
+    auth: AuthHeaders, body: bytes, keys: Sequence[str], algorithms: Sequence[str]
+) -> tuple[int, str] | None:
+    """The (key index, algorithm) whose signature of ``body`` equals ``sign``, if any."""
+    received = auth.sign.upper().encode()
+    for algorithm in algorithms:
+        for index, key in enumerate(keys):
+            expected = compute_signature(
+                key,
+                body,
+                create_ts=auth.create_ts,
+                request_id=auth.request_id,
+                uuid=auth.uuid,
+                algorithm=algorithm,
+            )
+            if hmac.compare_digest(expected.encode(), received):
+                return index, algorithm
+    return None
+
+
+def _check_signature(walk: _Walk, auth: AuthHeaders, body: bytes, settings: Settings) -> None:
+    keys, allowed = settings.secret_keys, settings.sign_algorithms
+    if auth.algorithm is not None and auth.algorithm not in allowed:
+        detail = f"the algorithm header says {auth.algorithm}, not in CALLBOT_SIGN_ALGORITHMS"
+        walk.add(FAIL, "signature", detail, InvalidSignature(detail))
+        return
+    candidates = [auth.algorithm] if auth.algorithm else list(allowed)
+    digits = len(auth.sign)
+    for index, key in enumerate(keys):
+        label = f"key {index + 1} of {len(keys)} ({mask_secret(key)})"
+        for algorithm in candidates:
+            expected = compute_signature(
+                key,
+                body,
+                create_ts=auth.create_ts,
+                request_id=auth.request_id,
+                uuid=auth.uuid,
+                algorithm=algorithm,
+            )
+            if len(expected) != digits:
+                detail = f"{label}, {algorithm}: not tried, sign has {digits} hex digits"
+                walk.steps.append(Step(SKIP, "signature", detail))
+            elif hmac.compare_digest(expected.encode(), auth.sign.upper().encode()):
+                walk.steps.append(Step(OK, "signature", f"{label}, {algorithm}: matches"))
+            else:
+                walk.steps.append(Step(FAIL, "signature", f"{label}, {algorithm}: no match"))
+    try:
+        verify_signature(auth, body, secret_keys=keys, algorithms=allowed)
+    except RequestRejected as exc:
+        walk.add(FAIL, "signature", "the signature matches no configured key", exc)
+        for hint in _signature_hints(auth, body, keys, candidates):
+            walk.add(HINT, "signature", hint)
+
+
+def _signature_hints(
+    auth: AuthHeaders, body: bytes, keys: Sequence[str], algorithms: Sequence[str]
+) -> list[str]:
+    """Why a signature that matches nothing might have failed: the usual slips, tried out."""
+    hints = []
+    stripped = body.rstrip(b"\r\n")
+    if stripped != body and _matches(auth, stripped, keys, algorithms):
+        hints.append(
+            f"the signature matches the body without its last {len(body) - len(stripped)} "
+            "newline byte(s): added by an editor or the capture tool? (in a raw HTTP capture, "
+            "a Content-Length header lets verify trim them)"
+        )
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and not hints:
+        for style in SERIALIZATIONS:
+            candidate = serialize(payload, style)
+            if candidate != body and _matches(auth, candidate, keys, algorithms):
+                hints.append(
+                    f"the body was re-serialised: the signature matches the {_STYLE_NAMES[style]} "
+                    "form of the same JSON; sign and send the same bytes"
+                )
+    trimmed = [key.strip() for key in keys]
+    if trimmed != list(keys) and _matches(auth, body, trimmed, algorithms):
+        hints.append("CALLBOT_SECRET_KEY has spaces around it: the signature matches without")
+    if not hints:
+        hints.append(
+            "no usual slip explains it: check CALLBOT_SECRET_KEY against the console, and that "
+            "the sender signs <secret>&body=<body>&createTs=..&requestID=..&uuid=.. in that order"
+        )
+    return hints
+
+
+def _check_body(
+    walk: _Walk, kind: CallbackKind | None, body: bytes, auth: AuthHeaders | None
+) -> None:
+    if kind is None:
+        walk.add(SKIP, "body", "the route is unknown: give --kind task|order|call to validate it")
+        return
+    try:
+        event = build_event(
+            kind,
+            decode_body(body),
+            request_id=auth.request_id if auth else "-",
+            request_ts=auth.request_ts if auth else 0,
+        )
+    except RequestRejected as exc:
+        walk.add(FAIL, "body", f"not a valid {kind.value} callback: {exc.message}", exc)
+        return
+    if isinstance(event, TaskEvent):
+        what = f"taskID {event.task_id}, taskStatus {int(event.status)}"
+    else:
+        what = f"orderID {event.order_id}, callID {event.call.call_id}"
+    walk.add(OK, "body", f"a valid {kind.value} callback ({what})")
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+
+def check_configuration(
+    settings: Settings,
+    store: Store,
+    *,
+    now: float,
+    system_now: float,
+    reference: float | None = None,
+) -> list[Step]:
+    """The doctor's checklist: secret, uuid, algorithms, store, clock. PROBLEM means broken."""
+    steps = _check_secrets(settings.secret_keys)
+    if is_well_formed_uuid(settings.uuid):
+        steps.append(Step(OK, "uuid", f"{settings.uuid} is well formed"))
+    else:
+        steps.append(Step(PROBLEM, "uuid", "CALLBOT_UUID must be 1-64 of A-Z a-z 0-9 _ -"))
+    steps += _check_algorithms(settings.sign_algorithms)
+    steps.append(_check_store(store))
+    steps += _check_clock(settings, now=now, system_now=system_now, reference=reference)
+    return steps
+
+
+def _check_secrets(keys: Sequence[str]) -> list[Step]:
+    if not keys:
+        return [Step(PROBLEM, "secret key", "CALLBOT_SECRET_KEY is not set")]
+    steps = []
+    for index, key in enumerate(keys):
+        name = "secret key" if len(keys) == 1 else f"secret key {index + 1} of {len(keys)}"
+        if not key:
+            steps.append(Step(PROBLEM, name, "empty: every request would be refused"))
+        elif key != key.strip():
+            steps.append(Step(WARN, name, f"{mask_secret(key)} has spaces around it"))
+        elif len(key) < _SHORT_SECRET:
+            detail = (
+                f"only {len(key)} characters ({mask_secret(key)}); the console's keys are "
+                "32: is it complete? A short key is easy to guess"
+            )
+            steps.append(Step(WARN, name, detail))
+        else:
+            steps.append(Step(OK, name, f"{len(key)} characters ({mask_secret(key)})"))
+    return steps
+
+
+def _check_algorithms(algorithms: Sequence[str]) -> list[Step]:
+    if not algorithms:
+        return [Step(PROBLEM, "algorithms", "CALLBOT_SIGN_ALGORITHMS accepts nothing")]
+    steps = []
+    for name in algorithms:
+        try:
+            ALGORITHMS[name](b"")
+        except (KeyError, ValueError) as exc:  # ValueError: a FIPS build refusing MD5
+            steps.append(Step(PROBLEM, "algorithm", f"{name} is not usable here: {exc}"))
+        else:
+            steps.append(Step(OK, "algorithm", f"{name} accepted and available"))
+    if "MD5" not in algorithms:
+        detail = "MD5 is not accepted: it is the vendor's default; set the console to SHA-256"
+        steps.append(Step(WARN, "algorithm", detail))
+    return steps
+
+
+def _check_store(store: Store) -> Step:
+    url = store.engine.url.render_as_string(hide_password=True)
+    try:
+        with store.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(schema_version.name):
+                detail = f"{url} reachable; tables not created yet (first use, or init-db)"
+                return Step(OK, "store", detail)
+            version = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+    except sa_exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        if store.engine.url.password:
+            reason = reason.replace(str(store.engine.url.password), "***")
+        return Step(PROBLEM, "store", f"{url} unreachable: {type(exc).__name__}: {reason}")
+    if version is None or version < SCHEMA_VERSION:
+        detail = f"{url} at schema version {version}; {SCHEMA_VERSION} is current: run init-db"
+        return Step(WARN, "store", detail)
+    if version > SCHEMA_VERSION:
+        detail = (
+            f"{url} at schema version {version}, newer than this flask_callbot "
+            f"({SCHEMA_VERSION}): upgrade the package"
+        )
+        return Step(PROBLEM, "store", detail)
+    return Step(OK, "store", f"{url} reachable, schema version {version}")
+
+
+def _check_clock(
+    settings: Settings, *, now: float, system_now: float, reference: float | None
+) -> list[Step]:
+    window = f"window {settings.max_age} s back, {settings.max_future_skew} s ahead"
+    if system_now < _EARLIEST_PLAUSIBLE:
+        detail = f"the system clock says {_utc(system_now)}: it is wrong (is NTP running?)"
+        return [Step(PROBLEM, "clock", detail)]
+    steps = [Step(OK, "clock", f"system {int(system_now)} ({_utc(system_now)}); {window}")]
+    if abs(now - system_now) > 1:
+        detail = f"the app's clock differs from the system's by {int(now - system_now)} s"
+        steps.append(Step(WARN, "clock", detail + " (an injected clock?)"))
+    if reference is not None:
+        ahead = int(reference - system_now)  # how far the sender's clock is ahead of ours
+        side = "ahead of" if ahead >= 0 else "behind"
+        gap = f"the reference {int(reference)} is {abs(ahead)} s {side} the system clock"
+        if ahead > settings.max_future_skew or -ahead > settings.max_age:
+            steps.append(Step(PROBLEM, "clock", f"{gap}: its requests fall outside the window"))
+        elif abs(ahead) > 5:
+            steps.append(Step(WARN, "clock", f"{gap}: inside the window, but keep NTP running"))
+        else:
+            steps.append(Step(OK, "clock", gap))
+    return steps
