@@ -18,6 +18,7 @@ import hmac
 import json
 import os
 import random
+import socket
 import time
 import uuid
 from typing import Any
@@ -33,6 +34,13 @@ from flask_callbot.testing import sign_headers
 
 SECRET = "bench-secret-key-0123456789abcdef"
 UUID = "BenchAccount"
+
+
+def free_port() -> int:
+    """A free loopback port for a server the benchmark starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def envelope(code: int, message: str, status: int = 200) -> Response:

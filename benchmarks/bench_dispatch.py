@@ -31,13 +31,8 @@ from flask_callbot.testing import sign_headers
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from apps import free_port  # noqa: E402
 from dispatch_app import SECRET, UUID  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(

@@ -28,13 +28,7 @@ import sqlalchemy as sa
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from apps import UUID, signed, task_body  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from apps import UUID, free_port, signed, task_body  # noqa: E402
 
 
 def request_file(path: Path, count: int) -> None:

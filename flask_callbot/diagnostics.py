@@ -31,7 +31,6 @@ from .signing import (
     AuthHeaders,
     check_timestamp,
     check_uuid,
-    compute_signature,
     is_well_formed_uuid,
     parse_auth_headers,
     verify_signature,
@@ -282,14 +281,7 @@ def _matches(
     received = auth.sign.upper().encode()
     for algorithm in algorithms:
         for index, key in enumerate(keys):
-            expected = compute_signature(
-                key,
-                body,
-                create_ts=auth.create_ts,
-                request_id=auth.request_id,
-                uuid=auth.uuid,
-                algorithm=algorithm,
-            )
+            expected = auth.expected_sign(key, body, algorithm)
             if hmac.compare_digest(expected.encode(), received):
                 return index, algorithm
     return None
@@ -306,14 +298,7 @@ def _check_signature(walk: _Walk, auth: AuthHeaders, body: bytes, settings: Sett
     for index, key in enumerate(keys):
         label = f"key {index + 1} of {len(keys)} ({mask_secret(key)})"
         for algorithm in candidates:
-            expected = compute_signature(
-                key,
-                body,
-                create_ts=auth.create_ts,
-                request_id=auth.request_id,
-                uuid=auth.uuid,
-                algorithm=algorithm,
-            )
+            expected = auth.expected_sign(key, body, algorithm)
             if len(expected) != digits:
                 detail = f"{label}, {algorithm}: not tried, sign has {digits} hex digits"
                 walk.steps.append(Step(SKIP, "signature", detail))

@@ -75,6 +75,17 @@ class AuthHeaders:
         """``createTs`` as an integer (unix seconds)."""
         return int(self.create_ts)
 
+    def expected_sign(self, secret_key: str, body: bytes, algorithm: str) -> str:
+        """The ``sign`` these headers would carry for ``body`` under one key and algorithm."""
+        return compute_signature(
+            secret_key,
+            body,
+            create_ts=self.create_ts,
+            request_id=self.request_id,
+            uuid=self.uuid,
+            algorithm=algorithm,
+        )
+
     def as_headers(self) -> dict[str, str]:
         """The headers as the vendor names them, for the delivery record."""
         headers = {
@@ -203,14 +214,7 @@ def verify_signature(
         if _HEX_LENGTHS[algorithm] != len(received):
             continue
         for key in secret_keys:
-            expected = compute_signature(
-                key,
-                body,
-                create_ts=auth.create_ts,
-                request_id=auth.request_id,
-                uuid=auth.uuid,
-                algorithm=algorithm,
-            ).encode()
+            expected = auth.expected_sign(key, body, algorithm).encode()
             if hmac.compare_digest(expected, received) and matched is None:
                 matched = algorithm
     if matched is None:

@@ -353,13 +353,7 @@ class Store:
                         deliveries.c.claimed_at <= _utc(now - lease),
                     ),
                 )
-                .values(
-                    outcome=Outcome.PENDING.value,
-                    attempts=deliveries.c.attempts + 1,
-                    claimed_at=at,
-                    error=None,
-                    finished_at=None,
-                )
+                .values(**_claimed(at))
                 .returning(*deliveries.c)
             ).first()
             if claimed is not None:
@@ -397,12 +391,7 @@ class Store:
                         ),
                     ),
                 )
-                .values(
-                    outcome=Outcome.PENDING.value,
-                    attempts=deliveries.c.attempts + 1,
-                    claimed_at=at,
-                    error=None,
-                )
+                .values(**_claimed(at))
                 .returning(*deliveries.c)
             ).first()
         return None if claimed is None else _stored_delivery(claimed)
@@ -615,14 +604,7 @@ class Store:
                     deliveries.c.outcome == row.outcome,
                     deliveries.c.claimed_at == row.claimed_at,
                 )
-                .values(
-                    outcome=(Outcome.QUEUED if queue else Outcome.PENDING).value,
-                    attempts=deliveries.c.attempts + (0 if queue else 1),
-                    claimed_at=at,
-                    enqueued_at=None,
-                    error=None,
-                    finished_at=None,
-                )
+                .values(**_claimed(at, queue=queue), enqueued_at=None)
             ).rowcount
             if taken:
                 return Claim(ClaimResult.RETRY, _transition(row))
@@ -877,6 +859,18 @@ def _apply_order(
             last_request_id=delivery.request_id,
         )
     conn.execute(sql.apply_order, values)
+
+
+def _claimed(at: datetime, *, queue: bool = False) -> dict[str, Any]:
+    """The columns of a delivery taken up again: held by a worker from ``at`` (one attempt more),
+    or, with ``queue``, back in the queue for a Celery worker (which counts the attempt)."""
+    return {
+        "outcome": (Outcome.QUEUED if queue else Outcome.PENDING).value,
+        "attempts": deliveries.c.attempts + (0 if queue else 1),
+        "claimed_at": at,
+        "error": None,
+        "finished_at": None,
+    }
 
 
 def _intent_row(intent: Intent) -> dict[str, Any]:
