@@ -1,6 +1,8 @@
-"""A minimal Flask app receiving Callbot callbacks: logs every task transition in one line.
+"""A minimal Flask app receiving Callbot callbacks: logs every task transition in one line, and
+shows a live campaign dashboard at ``/dashboard/`` (:mod:`example_app.dashboard`).
 
-Run it with ``flask --app example_app run``. It needs ``CALLBOT_SECRET_KEY`` and ``CALLBOT_UUID``
+Run it with ``flask --app example_app run``, or ``python -m example_app.live_demo`` to watch the
+dashboard fill up from a simulated campaign. It needs ``CALLBOT_SECRET_KEY`` and ``CALLBOT_UUID``
 in the environment, or ``CALLBOT_EXAMPLE_DEV_MODE=1`` for a local demo with the public dev
 credentials below (never use those in production). ``CALLBOT_DATABASE_URL`` is read too.
 """
@@ -12,9 +14,12 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, redirect, url_for
+from werkzeug.wrappers import Response
 
 from flask_callbot import CallEvent, OrderEvent, TaskEvent, create_blueprint, signals
+
+from .dashboard import create_dashboard
 
 #: Public, insecure credentials used only with CALLBOT_EXAMPLE_DEV_MODE=1.
 DEV_SECRET_KEY = "example-dev-secret-do-not-use-in-production"  # noqa: S105 - public on purpose
@@ -37,6 +42,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     #: Calls that hit this intent tag get a follow-up (the tag is defined in your call script).
     app.config["EXAMPLE_FOLLOW_UP_INTENT"] = "interested"
+    #: How often the dashboard page re-fetches its live part.
+    app.config["EXAMPLE_DASHBOARD_REFRESH_MS"] = 1500
     app.config.update(_credentials(os.environ))
     if os.environ.get("CALLBOT_DATABASE_URL"):
         app.config["CALLBOT_DATABASE_URL"] = os.environ["CALLBOT_DATABASE_URL"]
@@ -45,6 +52,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logger.setLevel(logging.INFO)
     app.register_blueprint(create_blueprint())
+    refresh_ms = int(app.config["EXAMPLE_DASHBOARD_REFRESH_MS"])
+    app.register_blueprint(create_dashboard(refresh_ms=refresh_ms), url_prefix="/dashboard")
+    app.add_url_rule("/", "index", _to_dashboard)
     for signal in TASK_SIGNALS:
         # Receivers made in a loop are closures: connect them strongly or blinker drops them.
         signal.connect(_transition_logger(signal.name), app, weak=False)
@@ -52,6 +62,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     signals.call_received.connect(follow_up_on_intent, app, weak=False)
     signals.order_received.connect(log_finished_order, app, weak=False)
     return app
+
+
+def _to_dashboard() -> Response:
+    return redirect(url_for("dashboard.index"))
 
 
 def _credentials(environ: Mapping[str, str]) -> dict[str, str]:
