@@ -13,7 +13,7 @@ from flask import Flask
 
 from flask_callbot.diagnostics import PROBLEM, WARN, Step, check_configuration
 from flask_callbot.state import get_state
-from flask_callbot.store import schema_version
+from flask_callbot.store import SCHEMA_VERSION, schema_version
 
 from support import NOW, SECRET, Clock
 
@@ -51,7 +51,7 @@ def test_a_sound_configuration(app: Flask) -> None:
 
 def test_the_store_version_is_read(app: Flask) -> None:
     assert app.test_cli_runner().invoke(args=["callbot", "init-db"]).exit_code == 0
-    assert "reachable, schema version 1" in doctor(app).output
+    assert f"reachable, schema version {SCHEMA_VERSION}" in doctor(app).output
     store = get_state(app).store
     with store.engine.begin() as conn:
         conn.execute(schema_version.insert().values(version=99, applied_at=sa.func.now()))
