@@ -24,6 +24,7 @@ from .schemas import (
     NumberCallbackSchema,
     StatusField,
     TaskCallbackSchema,
+    Text,
 )
 from .signing import ALGORITHMS, HEADER_PATTERNS
 
@@ -37,6 +38,8 @@ EXTRA_HINT = "pip install 'flask-callbot[openapi]'"
 #: the receiver's own form (:data:`flask_callbot.schemas.INTEGER_STRING`: ASCII, no plus sign).
 _INTEGER_STRING = r"^-?[0-9]{1,18}$"
 _NUMBER_STRING = f"^(?:{NUMBER_STRING})$"
+#: Text fields refuse NUL characters (PostgreSQL cannot store them).
+_NO_NUL = "^[^\\u0000]*$"
 
 _HEADERS = {
     "requestID": "A unique id chosen by the sender for this delivery (`requestId` works too). "
@@ -219,4 +222,6 @@ def _lenient_scalars(self: Any, field: fields.Field[Any], **kwargs: Any) -> dict
             "type": ["boolean", "integer", "string", *types],
             "enum": [True, False, *nullable, *numbers, *strings],
         }
+    if isinstance(field, Text):
+        return {"pattern": _NO_NUL}
     return {}
