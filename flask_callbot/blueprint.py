@@ -6,6 +6,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import cast
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -57,6 +58,10 @@ def _init_app(app: Flask, clock: Callable[[], float]) -> None:
         ),
         clock=clock,
     )
+    if settings.metrics:
+        from .metrics import init_metrics  # imports prometheus_client: only when asked for
+
+        init_metrics(app)
     if settings.queued and "celery" in app.extensions:  # the Flask docs' celery_init_app
         from .celery_dispatch import init_celery
 
@@ -66,16 +71,28 @@ def _init_app(app: Flask, clock: Callable[[], float]) -> None:
 def _view(kind: CallbackKind) -> Callable[[], Response]:
     def receive() -> Response:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        request.max_content_length = get_state(app).settings.max_content_length
-        try:
-            body = request.get_data(cache=False)
-        except RequestEntityTooLarge:
-            error = PayloadTooLarge("body is larger than CALLBOT_MAX_CONTENT_LENGTH")
-            return _respond(pipeline.reject(app, error, request.headers))
-        return _respond(pipeline.handle(app, kind, body, request.headers))
+        limit = get_state(app).settings.max_content_length
+        return _respond(pipeline.handle(app, kind, partial(_read_body, limit), request.headers))
 
     receive.__name__ = f"{kind.value}_callback"
     return receive
+
+
+def _read_body(limit: int) -> bytes:
+    """The body, read once and capped.
+
+    Werkzeug refuses a declared Content-Length over its limit unread; a body streamed without
+    one (chunked) it silently cuts at the limit. So the cap given to Werkzeug is one byte more
+    than ours: a body that fills it is over our limit, never a truncated body taken as whole.
+    """
+    request.max_content_length = limit + 1
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        body = None
+    if body is None or len(body) > limit:
+        raise PayloadTooLarge("body is larger than CALLBOT_MAX_CONTENT_LENGTH")
+    return body
 
 
 def _respond(reply: pipeline.Reply) -> Response:

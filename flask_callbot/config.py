@@ -27,6 +27,8 @@ DEFAULTS: Mapping[str, Any] = {
     "CALLBOT_CELERY_RETRY_BACKOFF": 2,
     "CALLBOT_CELERY_RETRY_BACKOFF_MAX": 600,
     "CALLBOT_CELERY_QUEUE": None,
+    "CALLBOT_METRICS": False,
+    "CALLBOT_METRICS_REGISTRY": None,  # None: a registry of the app's own
 }
 DISPATCH_MODES = ("inline", "celery")
 
@@ -48,6 +50,7 @@ class Settings:
     celery_retry_backoff: int
     celery_retry_backoff_max: int
     celery_queue: str | None
+    metrics: bool = False
 
     @property
     def queued(self) -> bool:
@@ -88,7 +91,15 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
         celery_retry_backoff=_positive_int(get, "CALLBOT_CELERY_RETRY_BACKOFF"),
         celery_retry_backoff_max=_positive_int(get, "CALLBOT_CELERY_RETRY_BACKOFF_MAX"),
         celery_queue=queue,
+        metrics=_flag(get, "CALLBOT_METRICS"),
     )
+
+
+def _flag(get: Mapping[str, Any], key: str) -> bool:
+    value = get[key]
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{key} must be True or False")
+    return value
 
 
 def _secret_keys(value: Any) -> tuple[str, ...]:

@@ -18,7 +18,14 @@ from marshmallow import RAISE, Schema, fields, validate
 from .errors import CallbotError, ConfigurationError, RequestRejected
 from .events import CallbackKind, TaskStatus
 from .routes import ROUTES, find_prefix
-from .schemas import Int64, NumberCallbackSchema, StatusField, TaskCallbackSchema
+from .schemas import (
+    NUMBER_STRING,
+    Int64,
+    NumberCallbackSchema,
+    StatusField,
+    TaskCallbackSchema,
+    Text,
+)
 from .signing import ALGORITHMS, HEADER_PATTERNS
 
 if TYPE_CHECKING:
@@ -27,9 +34,12 @@ if TYPE_CHECKING:
 #: What to install when apispec is missing.
 EXTRA_HINT = "pip install 'flask-callbot[openapi]'"
 
-#: Digit strings that surely fit in 64 bits (the receiver also takes longer ones that fit).
-_INTEGER_STRING = r"^[+-]?[0-9]{1,18}$"
-_NUMBER_STRING = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$"
+#: Digit strings that surely fit in 64 bits (the receiver also takes longer ones that fit), in
+#: the receiver's own form (:data:`flask_callbot.schemas.INTEGER_STRING`: ASCII, no plus sign).
+_INTEGER_STRING = r"^-?[0-9]{1,18}$"
+_NUMBER_STRING = f"^(?:{NUMBER_STRING})$"
+#: Text fields refuse NUL characters (PostgreSQL cannot store them).
+_NO_NUL = "^[^\\u0000]*$"
 
 _HEADERS = {
     "requestID": "A unique id chosen by the sender for this delivery (`requestId` works too). "
@@ -212,4 +222,6 @@ def _lenient_scalars(self: Any, field: fields.Field[Any], **kwargs: Any) -> dict
             "type": ["boolean", "integer", "string", *types],
             "enum": [True, False, *nullable, *numbers, *strings],
         }
+    if isinstance(field, Text):
+        return {"pattern": _NO_NUL}
     return {}

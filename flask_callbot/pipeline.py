@@ -8,16 +8,25 @@ delivery is marked processed or failed; then the reply.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from flask import Flask
 
 from . import signals
 from .dispatch import process
-from .errors import CallbotError, DeliveryInProgress, QueueUnavailable, RequestRejected
+from .errors import (
+    CallbotError,
+    DeliveryInProgress,
+    QueueUnavailable,
+    ReceiverFailed,
+    RequestRejected,
+    StoreUnavailable,
+)
 from .events import CallbackKind, Event
 from .schemas import build_event, decode_body
 from .signing import (
@@ -49,26 +58,126 @@ class Reply:
         return {"retCode": self.ret_code, "retMsg": self.ret_msg, "responseID": self.response_id}
 
 
-def handle(app: Flask, kind: CallbackKind, body: bytes, headers: Headers) -> Reply:
-    """Run one callback through the whole pipeline and say what to answer."""
+class Outcome(StrEnum):
+    """How a request ended, as logged and counted (``callbot_deliveries_total{outcome}``)."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    QUEUED = "queued"
+    ALREADY_QUEUED = "already_queued"
+    IN_PROGRESS = "in_progress"
+    REJECTED = "rejected"
+    RECEIVER_FAILED = "receiver_failed"
+    STORE_UNAVAILABLE = "store_unavailable"
+    QUEUE_UNAVAILABLE = "queue_unavailable"
+    ERROR = "error"  # an unexpected exception: a bug; Flask answers 500
+
+
+_ERROR_OUTCOMES: Mapping[type[CallbotError], Outcome] = {
+    DeliveryInProgress: Outcome.IN_PROGRESS,
+    ReceiverFailed: Outcome.RECEIVER_FAILED,
+    StoreUnavailable: Outcome.STORE_UNAVAILABLE,
+    QueueUnavailable: Outcome.QUEUE_UNAVAILABLE,
+}
+
+
+@dataclass(slots=True)
+class _Result:
+    outcome: Outcome
+    reason: str | None = None
+    detail: str | None = None
+    #: Set once the request proved authentic: its createTs gives the delivery lag.
+    auth: AuthHeaders | None = None
+
+
+#: Where the body comes from: the bytes, or a function reading them that may raise
+#: :class:`~flask_callbot.errors.PayloadTooLarge` (the view's capped read).
+Body = bytes | Callable[[], bytes]
+
+_LOG_LEVELS = {
+    Outcome.RECEIVER_FAILED: logging.WARNING,
+    Outcome.STORE_UNAVAILABLE: logging.WARNING,
+    Outcome.QUEUE_UNAVAILABLE: logging.WARNING,
+    Outcome.ERROR: logging.ERROR,
+}
+
+
+def handle(app: Flask, kind: CallbackKind, body: Body, headers: Headers) -> Reply:
+    """Run one callback through the whole pipeline and say what to answer.
+
+    Every request ends in one structured log line and, with ``CALLBOT_METRICS``, its metrics,
+    whatever the outcome (see :func:`observe`).
+    """
+    started = time.perf_counter()
     state = get_state(app)
+    result = _Result(Outcome.ERROR)
     try:
-        auth = authenticate(state, body, headers)
+        raw = body if isinstance(body, bytes) else body()
+        auth = authenticate(state, raw, headers)
+        result.auth = auth
         event = build_event(
-            kind, decode_body(body), request_id=auth.request_id, request_ts=auth.request_ts
+            kind, decode_body(raw), request_id=auth.request_id, request_ts=auth.request_ts
         )
-        return _record_and_dispatch(app, state, kind, auth, body, event)
+        reply = _record_and_dispatch(app, state, kind, auth, raw, event, result)
     except RequestRejected as exc:
-        return reject(app, exc, headers)
+        result.outcome, result.reason, result.detail = Outcome.REJECTED, exc.reason, exc.message
+        reply = reject(app, exc, headers)
     except CallbotError as exc:
-        logger.warning(
-            "callbot: not processed request_id=%s kind=%s reason=%s: %s",
-            peek_request_id(headers),
-            kind.value,
-            exc.reason,
-            exc.message,
-        )
-        return Reply(exc.http_status, exc.ret_code, exc.message)
+        result.outcome = _ERROR_OUTCOMES.get(type(exc), Outcome.ERROR)
+        result.reason = exc.reason
+        # A receiver's exception text is the host's (it may quote the event): not logged here;
+        # dispatch logged its traceback. Our own messages are fixed strings.
+        result.detail = None if isinstance(exc, ReceiverFailed) else exc.message
+        reply = Reply(exc.http_status, exc.ret_code, exc.message)
+    except BaseException:
+        observe(state, kind, headers, result, None, started)
+        raise
+    observe(state, kind, headers, result, reply, started)
+    return reply
+
+
+def observe(
+    state: CallbotState,
+    kind: CallbackKind,
+    headers: Headers,
+    result: _Result,
+    reply: Reply | None,
+    started: float,
+) -> None:
+    """The one place a request is accounted for: a structured log line, and the metrics.
+
+    The line carries the requestID (only if well formed), kind, outcome, reason, HTTP status,
+    retCode and latency; never the body, a header value other than the requestID, or a secret.
+    """
+    latency = time.perf_counter() - started
+    request_id = result.auth.request_id if result.auth else peek_request_id(headers)
+    fields = {
+        "request_id": request_id,
+        "kind": kind.value,
+        "outcome": result.outcome.value,
+        "reason": result.reason,
+        "http_status": reply.http_status if reply else 500,
+        "ret_code": reply.ret_code if reply else None,
+        "latency_ms": round(latency * 1000, 3),
+    }
+    message = (
+        "callbot request_id=%(request_id)s kind=%(kind)s outcome=%(outcome)s"
+        " status=%(http_status)s ret_code=%(ret_code)s latency_ms=%(latency_ms)s"
+    )
+    if result.reason is not None:
+        message += " reason=%(reason)s"
+    if result.detail is not None:
+        fields["detail"] = result.detail
+        message += ": %(detail)s"
+    logger.log(
+        _LOG_LEVELS.get(result.outcome, logging.INFO), message, fields, extra={"callbot": fields}
+    )
+    if state.metrics is not None:
+        lag = None
+        if result.auth is not None:
+            lag = state.clock() - result.auth.request_ts
+        state.metrics.observe(kind.value, result.outcome.value, latency=latency, lag=lag)
 
 
 def authenticate(state: CallbotState, body: bytes, headers: Headers) -> AuthHeaders:
@@ -110,11 +219,8 @@ def enqueue(state: CallbotState, request_id: str) -> None:
 
 
 def reject(app: Flask, error: RequestRejected, headers: Headers) -> Reply:
-    """Refuse a request: nothing stored, ``callback_rejected`` sent, the reason logged (no body)."""
+    """Refuse a request: nothing stored, ``callback_rejected`` sent (the caller logs it)."""
     request_id = peek_request_id(headers)
-    logger.info(
-        "callbot: rejected request_id=%s reason=%s: %s", request_id, error.reason, error.message
-    )
     try:
         signals.callback_rejected.send(
             app, _async_wrapper=app.ensure_sync, reason=error.reason, request_id=request_id
@@ -131,6 +237,7 @@ def _record_and_dispatch(
     auth: AuthHeaders,
     body: bytes,
     event: Event,
+    result: _Result,
 ) -> Reply:
     queued = state.settings.queued
     claim = state.store.record(
@@ -147,24 +254,20 @@ def _record_and_dispatch(
         queue=queued,
     )
     if claim.result is ClaimResult.DUPLICATE:
-        logger.info("callbot: duplicate request_id=%s kind=%s", auth.request_id, kind.value)
+        result.outcome = Outcome.DUPLICATE
         return Reply(200, 0, "duplicate delivery: already processed")
     if claim.result is ClaimResult.IN_PROGRESS:
         raise DeliveryInProgress(f"requestID {auth.request_id} is being processed; retry later")
     if claim.result is ClaimResult.QUEUED:
-        logger.info("callbot: already queued request_id=%s kind=%s", auth.request_id, kind.value)
+        result.outcome = Outcome.ALREADY_QUEUED
         return Reply(200, 0, "already queued")
     if queued:
         enqueue(state, auth.request_id)
-        logger.info("callbot: queued request_id=%s kind=%s", auth.request_id, kind.value)
+        result.outcome = Outcome.QUEUED
         return Reply(200, 0, "queued")
     process(app, event, claim.transition)
-    stale = claim.transition is not None and not claim.transition.applied
-    logger.info(
-        "callbot: processed request_id=%s kind=%s claim=%s%s",
-        auth.request_id,
-        kind.value,
-        claim.result.value,
-        " stale" if stale else "",
-    )
-    return Reply(200, 0, "stale update: recorded, not applied" if stale else "success")
+    if claim.transition is not None and not claim.transition.applied:
+        result.outcome = Outcome.STALE
+        return Reply(200, 0, "stale update: recorded, not applied")
+    result.outcome = Outcome.ACCEPTED
+    return Reply(200, 0, "success")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -36,6 +37,19 @@ logger = logging.getLogger("flask_callbot")
 
 _INT64 = validate.Range(min=-(2**63), max=2**63 - 1)
 _ID = validate.Length(min=1, max=255)
+#: The longest value the store keeps for the short text fields (names, ids, causes).
+_SHORT = validate.Length(max=255)
+_PHONE = validate.Length(max=64)
+
+#: The only string forms of numbers accepted: ASCII digits, an optional minus sign; no spaces,
+#: underscores, plus signs or non-ASCII digits (Python's ``int()`` and ``float()`` take all of
+#: those). The OpenAPI document publishes the same forms.
+INTEGER_STRING = r"-?[0-9]+"
+NUMBER_STRING = r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?"
+_INTEGER_STRING = re.compile(INTEGER_STRING)
+_NUMBER_STRING = re.compile(NUMBER_STRING)
+# A JSON "\uD800"-"\uDFFF" escape: the only way a lone surrogate gets into the decoded text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _MISSING_MESSAGES = frozenset(
     {
         fields.Field.default_error_messages["required"],
@@ -53,19 +67,42 @@ class Int64(fields.Integer):
     def _validated(self, value: Any) -> int:
         if isinstance(value, float) and not value.is_integer():
             raise self.make_error("invalid")
+        if isinstance(value, str) and not _INTEGER_STRING.fullmatch(value):
+            raise self.make_error("invalid")
         return super()._validated(value)
+
+
+class Number(fields.Float):
+    """A finite float, given as a number or a plain decimal string (``"0.5"``, not ``" 1_0"``)."""
+
+    def _validated(self, value: Any) -> float:
+        if isinstance(value, str) and not _NUMBER_STRING.fullmatch(value):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
+class Text(fields.String):
+    """A string without NUL characters, which PostgreSQL cannot store in a text column."""
+
+    default_error_messages = {"nul": "Must not contain NUL characters."}  # noqa: RUF012
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise self.make_error("nul")
+        return text
 
 
 def _int(key: str) -> Int64:
     return Int64(data_key=key, allow_none=True, load_default=None)
 
 
-def _float(key: str) -> fields.Float:
-    return fields.Float(data_key=key, allow_none=True, load_default=None)
+def _float(key: str) -> Number:
+    return Number(data_key=key, allow_none=True, load_default=None)
 
 
-def _str(key: str) -> fields.String:
-    return fields.String(data_key=key, allow_none=True, load_default=None)
+def _str(key: str, *, validate: validate.Validator | None = None) -> Text:
+    return Text(data_key=key, allow_none=True, load_default=None, validate=validate)
 
 
 def _bool(key: str) -> fields.Boolean:
@@ -81,8 +118,8 @@ def _list(key: str, schema: type[Schema]) -> fields.Nested:
     return fields.Nested(schema, many=True, data_key=key, allow_none=True, load_default=None)
 
 
-def _required_id(key: str) -> fields.String:
-    return fields.String(data_key=key, required=True, validate=_ID)
+def _required_id(key: str) -> Text:
+    return Text(data_key=key, required=True, validate=_ID)
 
 
 class StatusField(Int64):
@@ -122,7 +159,7 @@ class TaskCallbackSchema(_Lenient):
     task_id = _required_id("taskID")
     user_task_id = _required_id("userTaskID")
     status = StatusField(data_key="taskStatus", required=True)
-    scene_id = _str("sceneID")
+    scene_id = _str("sceneID", validate=_SHORT)
     create_ts = _int("createTs")
     stat = fields.Nested(TaskStatSchema, data_key="taskStat", allow_none=True, load_default=None)
 
@@ -183,7 +220,7 @@ class CallInfoSchema(_Lenient):
     call_end_ts = _int("callEndTs")
     call_duration = _int("callDuration")
     call_audio_url = _str("callAudioUrl")
-    hangup_cause = _str("hangupCause")
+    hangup_cause = _str("hangupCause", validate=_SHORT)
     term_sip_code = _str("termSipCode")
     calling_number = _str("callingNumber")
     line_address = _str("lineAddress")
@@ -209,10 +246,10 @@ class NumberCallbackSchema(_Lenient):
     order_id = _required_id("orderID")
     task_id = _required_id("taskID")
     call = fields.Nested(CallInfoSchema, data_key="callInfoDetail", required=True)
-    user_phone = _str("userPhone")
+    user_phone = _str("userPhone", validate=_PHONE)
     user_name = _str("userName")
-    scene_id = _str("sceneID")
-    user_task_id = _str("userTaskID")
+    scene_id = _str("sceneID", validate=_SHORT)
+    user_task_id = _str("userTaskID", validate=_SHORT)
     finish = _bool("finish")
     other = _str("other")
 
@@ -229,7 +266,9 @@ _NUMBER_SCHEMA = NumberCallbackSchema()
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
-    """Strict JSON decoding: UTF-8 only, a JSON object, no NaN/Infinity, no duplicate keys."""
+    """Strict JSON decoding: UTF-8 only, a JSON object, no NaN/Infinity, no duplicate keys, no
+    lone surrogate escapes (``"\\ud800"`` is valid JSON but no Unicode text: nothing could store
+    or encode it)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -241,7 +280,31 @@ def decode_body(body: bytes) -> dict[str, Any]:
         raise MalformedBody(reason) from None
     if not isinstance(payload, dict):
         raise MalformedBody("body is not a JSON object")
+    if _SURROGATE_ESCAPE.search(text) and not _is_unicode(payload):
+        raise MalformedBody("body has a \\u escape of a lone surrogate, which is not text")
     return payload
+
+
+def _is_unicode(value: Any) -> bool:
+    """Whether every string in a decoded JSON value (keys included) is encodable text.
+
+    Only called when the body has a surrogate escape: escaped pairs (an emoji as Python's
+    ``json.dumps`` writes it) decode to one character and are fine.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 class _DecodeRefusal(ValueError):

@@ -5,12 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
 from .config import Settings
 from .errors import ConfigurationError
 from .store import Store
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 EXTENSION_KEY = "callbot"
 
@@ -23,6 +27,8 @@ class CallbotState:
     clock: Callable[[], float] = field(default=time.time)
     #: Celery dispatch: publishes a recorded delivery's processing (set by ``init_celery``).
     enqueue: Callable[[str], None] | None = None
+    #: ``CALLBOT_METRICS``: the app's Prometheus metrics (set by ``init_metrics``).
+    metrics: Metrics | None = None
 
 
 def get_state(app: Flask) -> CallbotState:

@@ -475,6 +475,17 @@ class Store:
                 ).scalars()
             )
 
+    def count_failed(self) -> int:
+        """How many deliveries are failed now (the ``callbot_failed_deliveries`` gauge)."""
+        with self._transaction() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(deliveries)
+                    .where(deliveries.c.outcome == Outcome.FAILED.value)
+                ).scalar_one()
+            )
+
     def list_tasks(self, *, limit: int | None = None) -> list[TaskState]:
         """The tracked tasks, most recently updated first."""
         query = (

@@ -1,0 +1,140 @@
+"""Optional Prometheus metrics: ``CALLBOT_METRICS = True`` and ``flask-callbot[metrics]``.
+
+Each app gets its metrics in a ``CollectorRegistry`` of its own (or the one named by
+``CALLBOT_METRICS_REGISTRY``), so several apps in one process never clash on metric names.
+prometheus_client is imported only when metrics are enabled: this module imports it lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, current_app
+
+from .errors import CallbotError, ConfigurationError
+from .state import get_state
+from .store import Store
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics_core import Metric
+
+logger = logging.getLogger("flask_callbot")
+
+#: What to install when prometheus_client is missing.
+EXTRA_HINT = "pip install 'flask-callbot[metrics]'"
+
+#: Seconds between the vendor stamping a request (createTs, whole seconds) and its handling.
+LAG_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+#: Seconds the receiver spent on a request, from reading the body to the reply.
+HANDLING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """One app's metrics: deliveries by kind and outcome, lag and handling time, failures."""
+
+    def __init__(self, store: Store, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.deliveries = Counter(
+            "callbot_deliveries",
+            "Callback requests handled, by callback kind and outcome.",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.lag = Histogram(
+            "callbot_delivery_lag_seconds",
+            "Now minus the createTs header of authentic requests (clamped at 0).",
+            ["kind"],
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.handling = Histogram(
+            "callbot_handling_seconds",
+            "Time spent handling a callback request, body read to reply.",
+            ["kind"],
+            buckets=HANDLING_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_FailedDeliveries(store))
+
+    def observe(self, kind: str, outcome: str, *, latency: float, lag: float | None) -> None:
+        """Account for one request (called once per request by the pipeline)."""
+        self.deliveries.labels(kind=kind, outcome=outcome).inc()
+        self.handling.labels(kind=kind).observe(latency)
+        if lag is not None:
+            self.lag.labels(kind=kind).observe(max(lag, 0.0))
+
+
+class _FailedDeliveries:
+    """``callbot_failed_deliveries``: counted in the store at each scrape, so it is right for
+    every process sharing the store and drops as soon as a replay succeeds."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def describe(self) -> list[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        return [GaugeMetricFamily("callbot_failed_deliveries", _FAILED_HELP)]
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        try:
+            count = self.store.count_failed()
+        except CallbotError:  # the store is down: leave the gauge out, keep the rest of a scrape
+            logger.warning("callbot: metrics: could not count failed deliveries")
+            return
+        yield GaugeMetricFamily("callbot_failed_deliveries", _FAILED_HELP, value=count)
+
+
+_FAILED_HELP = "Deliveries whose receivers raised, kept as failed (replay them)."
+
+
+def init_metrics(app: Flask) -> Metrics:
+    """Create the app's metrics (at registration, when ``CALLBOT_METRICS`` is true)."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise ConfigurationError(f"CALLBOT_METRICS needs prometheus_client: {EXTRA_HINT}") from None
+    from prometheus_client import CollectorRegistry
+
+    registry = app.config.get("CALLBOT_METRICS_REGISTRY")
+    if registry is not None and not isinstance(registry, CollectorRegistry):
+        raise ConfigurationError(
+            "CALLBOT_METRICS_REGISTRY must be a prometheus_client CollectorRegistry or None"
+        )
+    state = get_state(app)
+    try:
+        metrics = Metrics(state.store, registry)
+    except ValueError as exc:  # "Duplicated timeseries": a second app on one registry
+        raise ConfigurationError(
+            f"CALLBOT_METRICS_REGISTRY already holds flask_callbot's metrics ({exc}); give "
+            "each app its own registry (the default)"
+        ) from None
+    state.metrics = metrics
+    return metrics
+
+
+def get_registry(app: Flask | None = None) -> CollectorRegistry:
+    """The registry holding ``app``'s metrics (default: the current app's)."""
+    target: Any = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+    metrics = get_state(target).metrics
+    if metrics is None:
+        raise ConfigurationError("metrics are off: set CALLBOT_METRICS = True")
+    return metrics.registry
+
+
+def metrics_view() -> Response:
+    """A Flask view serving the current app's metrics in Prometheus' text format.
+
+    Mount it yourself, where only your scraper can reach it:
+    ``app.add_url_rule("/metrics", view_func=metrics_view)``.
+    """
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(get_registry()), content_type=CONTENT_TYPE_LATEST)
