@@ -193,7 +193,7 @@ def create_app() -> Flask:
     return peer_app(url) if name == "peer" else callbot_app(url)
 
 
-def task_body(rng: random.Random, tasks: int, create_ts: int) -> bytes:
+def task_body(rng: random.Random, tasks: int, create_ts: int, first: int = 0) -> bytes:
     stats = {
         "answerOrderCount": 3,
         "finishOrderCount": 5,
@@ -206,7 +206,7 @@ def task_body(rng: random.Random, tasks: int, create_ts: int) -> bytes:
     payload = {
         "callbackType": 1,
         "userTaskID": "campaign",
-        "taskID": f"task-{rng.randrange(tasks)}",
+        "taskID": f"task-{first + rng.randrange(tasks)}",
         "sceneID": "scene",
         "taskStatus": rng.choice([2, 2, 2, 5]),
         "createTs": create_ts - 3600,
