@@ -139,7 +139,8 @@ def send_signals(app: Flask, event: Event, transition: Transition | None) -> Non
             logger.exception(
                 "callbot: a %s receiver raised for request %s", signal.name, event.request_id
             )
-            failures.append(f"{signal.name}: {type(exc).__name__}: {exc}")
+            # NUL cannot be stored in a PostgreSQL text column: keep the error storable.
+            failures.append(f"{signal.name}: {type(exc).__name__}: {exc}".replace("\x00", "\\0"))
             first = first or exc
     if failures:
         raise ReceiverFailed("; ".join(failures)[:_MAX_ERROR_LENGTH]) from first

@@ -688,9 +688,14 @@ def create_engine(
         parsed = make_url(url)
     except sa_exc.ArgumentError as exc:
         raise ConfigurationError(f"CALLBOT_DATABASE_URL is not an SQLAlchemy URL: {exc}") from exc
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    # hide_parameters: a database error's message never carries a statement's values (a body,
+    # a phone number) into a log or an error report.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
-        kwargs = {"connect_args": {"timeout": 30, "check_same_thread": False}}
+        kwargs = {
+            "connect_args": {"timeout": 30, "check_same_thread": False},
+            "hide_parameters": True,
+        }
         if parsed.database in (None, "", ":memory:"):
             kwargs["poolclass"] = StaticPool  # one shared in-memory database for all threads
     kwargs.update(options)

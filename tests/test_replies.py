@@ -262,3 +262,30 @@ def test_store_unreachable_then_back(
 def test_only_post_is_routed(sender: Sender, kind: str) -> None:
     for method in ("GET", "PUT", "DELETE"):
         assert sender.client.open(ROUTES[kind], method=method).status_code == 405
+
+
+def test_a_receiver_error_with_nul_is_stored(app: Flask, sender: Sender) -> None:
+    """PostgreSQL text cannot hold NUL: the failure must still be recorded, not lost."""
+
+    def broken(sender: Any, **extra: Any) -> None:
+        raise RuntimeError("gateway said \x00 and hung up")
+
+    signals.callback_received.connect(broken, app, weak=False)
+    try:
+        assert_reply(sender.post("task", task_payload(), request_id="nul"), 500, 5001)
+    finally:
+        signals.callback_received.disconnect(broken, app)
+    delivery = app.extensions["callbot"].store.get_delivery("nul")
+    assert delivery.outcome == "failed"
+    assert "gateway said \\0 and hung up" in delivery.error
+
+
+def test_database_errors_never_show_statement_values(app: Flask) -> None:
+    import sqlalchemy as sa
+
+    store = app.extensions["callbot"].store
+    store.create_schema()
+    secret_value = "body-marker-7f3a"
+    with pytest.raises(sa.exc.DBAPIError) as caught, store.engine.begin() as conn:
+        conn.execute(sa.text("SELECT * FROM no_such_table WHERE x = :v"), {"v": secret_value})
+    assert secret_value not in str(caught.value)
