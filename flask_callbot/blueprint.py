@@ -9,7 +9,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import cast
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -19,7 +19,7 @@ from .config import load_settings
 from .errors import ConfigurationError, PayloadTooLarge
 from .events import CallbackKind
 from .routes import ROUTES as ROUTES  # re-exported: it used to live here
-from .state import EXTENSION_KEY, CallbotState, get_state
+from .state import EXTENSION_KEY, CallbotState, current_flask_app, get_state
 from .store import Store
 
 
@@ -70,7 +70,7 @@ def _init_app(app: Flask, clock: Callable[[], float]) -> None:
 
 def _view(kind: CallbackKind) -> Callable[[], Response]:
     def receive() -> Response:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        app = current_flask_app()
         limit = get_state(app).settings.max_content_length
         return _respond(pipeline.handle(app, kind, partial(_read_body, limit), request.headers))
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
 from .diagnostics import PROBLEM, WARN, CaptureError, check_configuration, parse_capture
@@ -24,7 +23,7 @@ from .events import CallbackKind, TaskStatus
 from .openapi import build_openapi
 from .routes import callback_url, split_callback_url
 from .simulator import Result, Window, build_campaign, post_callback, run_campaign
-from .state import CallbotState, get_state
+from .state import current_flask_app, get_state
 from .store import Outcome, Store, StoredDelivery, TaskState
 from .testing import (
     SERIALIZATIONS,
@@ -76,17 +75,13 @@ def register_commands(group: click.Group) -> None:
         group.add_command(command)
 
 
-def _state() -> CallbotState:
-    return get_state(current_app._get_current_object())  # type: ignore[attr-defined]
-
-
 def _store() -> Store:
-    return _state().store
+    return get_state().store
 
 
 def _now() -> datetime:
     """Now by the app's clock (the one its deliveries were stamped with)."""
-    return datetime.fromtimestamp(get_state(current_app._get_current_object()).clock(), UTC)  # type: ignore[attr-defined]
+    return datetime.fromtimestamp(get_state().clock(), UTC)
 
 
 def _moment(value: datetime | timedelta | None) -> datetime | None:
@@ -183,7 +178,7 @@ def replay_command(request_ids: Sequence[str], failed: bool) -> None:
     Receivers get the same event and transition as the first time; the delivery ends processed
     or failed. Exits 1 if any replay failed.
     """
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = current_flask_app()
     if failed == bool(request_ids):
         raise click.UsageError("give REQUEST_ID(s) or --failed (not both)")
     targets = list(request_ids) or _store().failed_request_ids()
@@ -288,7 +283,7 @@ def sweep(older_than: timedelta, stalled_after: timedelta) -> None:
     """
     from .celery_dispatch import sweep as sweep_deliveries
 
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = current_flask_app()
     try:
         found = sweep_deliveries(
             app,
@@ -338,7 +333,7 @@ def _sender_options(command: _Command) -> _Command:
 
 
 def _credentials(secret_key: str | None, uuid: str | None) -> tuple[str, str]:
-    settings = _state().settings
+    settings = get_state().settings
     return secret_key or settings.secret_keys[0], uuid or settings.uuid
 
 
@@ -430,7 +425,7 @@ def send(
         uuid=account,
         algorithm=algorithm,
         request_id=request_id,
-        create_ts=int(_state().clock()) if create_ts is None else create_ts,
+        create_ts=int(get_state().clock()) if create_ts is None else create_ts,
         algorithm_header=algorithm_header,
     )
     target = callback_url(base, chosen)
@@ -547,7 +542,7 @@ def simulate(
     forgeries and for a skew outside the app's window. Exits 1 on any unexpected answer.
     """
     base, _ = _base_url(url)
-    state = _state()
+    state = get_state()
     settings = state.settings
     key, account = _credentials(secret_key, uuid)
     campaign = build_campaign(
@@ -603,7 +598,7 @@ def verify(capture: Any, kind: str | None, now: float | datetime | timedelta | N
     line, body) or JSON {"headers": {...}, "body": "..."} ("body_base64" for exact bytes).
     Secrets are shown masked. Exits 0 if the receiver would accept it, 1 otherwise.
     """
-    state = _state()
+    state = get_state()
     try:
         request = parse_capture(capture.read())
     except CaptureError as exc:
@@ -633,7 +628,7 @@ def verify(capture: Any, kind: str | None, now: float | datetime | timedelta | N
 )
 def doctor(reference: float | datetime | timedelta | None) -> None:
     """Check the configuration: secret, uuid, algorithms, store, clock. Exits 1 on a problem."""
-    state = _state()
+    state = get_state()
     steps = check_configuration(
         state.settings,
         state.store,
@@ -662,7 +657,7 @@ def doctor(reference: float | datetime | timedelta | None) -> None:
 def openapi_command(output: Path | None, prefix: str | None) -> None:
     """Print the OpenAPI 3.1 document of the three callback endpoints (JSON)."""
     try:
-        document = build_openapi(current_app._get_current_object(), prefix=prefix)  # type: ignore[attr-defined]
+        document = build_openapi(current_flask_app(), prefix=prefix)
     except ImportError as exc:
         raise click.ClickException(str(exc)) from None
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"

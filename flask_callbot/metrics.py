@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from flask import Flask, Response, current_app
+from flask import Flask, Response
 
 from .errors import CallbotError, ConfigurationError
 from .state import get_state
@@ -122,8 +122,7 @@ def init_metrics(app: Flask) -> Metrics:
 
 def get_registry(app: Flask | None = None) -> CollectorRegistry:
     """The registry holding ``app``'s metrics (default: the current app's)."""
-    target: Any = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
-    metrics = get_state(target).metrics
+    metrics = get_state(app).metrics
     if metrics is None:
         raise ConfigurationError("metrics are off: set CALLBOT_METRICS = True")
     return metrics.registry

@@ -58,7 +58,7 @@ class Reply:
         return {"retCode": self.ret_code, "retMsg": self.ret_msg, "responseID": self.response_id}
 
 
-class Outcome(StrEnum):
+class RequestOutcome(StrEnum):
     """How a request ended, as logged and counted (``callbot_deliveries_total{outcome}``)."""
 
     ACCEPTED = "accepted"
@@ -74,17 +74,17 @@ class Outcome(StrEnum):
     ERROR = "error"  # an unexpected exception: a bug; Flask answers 500
 
 
-_ERROR_OUTCOMES: Mapping[type[CallbotError], Outcome] = {
-    DeliveryInProgress: Outcome.IN_PROGRESS,
-    ReceiverFailed: Outcome.RECEIVER_FAILED,
-    StoreUnavailable: Outcome.STORE_UNAVAILABLE,
-    QueueUnavailable: Outcome.QUEUE_UNAVAILABLE,
+_ERROR_OUTCOMES: Mapping[type[CallbotError], RequestOutcome] = {
+    DeliveryInProgress: RequestOutcome.IN_PROGRESS,
+    ReceiverFailed: RequestOutcome.RECEIVER_FAILED,
+    StoreUnavailable: RequestOutcome.STORE_UNAVAILABLE,
+    QueueUnavailable: RequestOutcome.QUEUE_UNAVAILABLE,
 }
 
 
 @dataclass(slots=True)
 class _Result:
-    outcome: Outcome
+    outcome: RequestOutcome
     reason: str | None = None
     detail: str | None = None
     #: Set once the request proved authentic: its createTs gives the delivery lag.
@@ -96,10 +96,10 @@ class _Result:
 Body = bytes | Callable[[], bytes]
 
 _LOG_LEVELS = {
-    Outcome.RECEIVER_FAILED: logging.WARNING,
-    Outcome.STORE_UNAVAILABLE: logging.WARNING,
-    Outcome.QUEUE_UNAVAILABLE: logging.WARNING,
-    Outcome.ERROR: logging.ERROR,
+    RequestOutcome.RECEIVER_FAILED: logging.WARNING,
+    RequestOutcome.STORE_UNAVAILABLE: logging.WARNING,
+    RequestOutcome.QUEUE_UNAVAILABLE: logging.WARNING,
+    RequestOutcome.ERROR: logging.ERROR,
 }
 
 
@@ -111,7 +111,7 @@ def handle(app: Flask, kind: CallbackKind, body: Body, headers: Headers) -> Repl
     """
     started = time.perf_counter()
     state = get_state(app)
-    result = _Result(Outcome.ERROR)
+    result = _Result(RequestOutcome.ERROR)
     try:
         raw = body if isinstance(body, bytes) else body()
         auth = authenticate(state, raw, headers)
@@ -121,10 +121,11 @@ def handle(app: Flask, kind: CallbackKind, body: Body, headers: Headers) -> Repl
         )
         reply = _record_and_dispatch(app, state, kind, auth, raw, event, result)
     except RequestRejected as exc:
-        result.outcome, result.reason, result.detail = Outcome.REJECTED, exc.reason, exc.message
+        result.outcome = RequestOutcome.REJECTED
+        result.reason, result.detail = exc.reason, exc.message
         reply = reject(app, exc, headers)
     except CallbotError as exc:
-        result.outcome = _ERROR_OUTCOMES.get(type(exc), Outcome.ERROR)
+        result.outcome = _ERROR_OUTCOMES.get(type(exc), RequestOutcome.ERROR)
         result.reason = exc.reason
         # A receiver's exception text is the host's (it may quote the event): not logged here;
         # dispatch logged its traceback. Our own messages are fixed strings.
@@ -254,20 +255,20 @@ def _record_and_dispatch(
         queue=queued,
     )
     if claim.result is ClaimResult.DUPLICATE:
-        result.outcome = Outcome.DUPLICATE
+        result.outcome = RequestOutcome.DUPLICATE
         return Reply(200, 0, "duplicate delivery: already processed")
     if claim.result is ClaimResult.IN_PROGRESS:
         raise DeliveryInProgress(f"requestID {auth.request_id} is being processed; retry later")
     if claim.result is ClaimResult.QUEUED:
-        result.outcome = Outcome.ALREADY_QUEUED
+        result.outcome = RequestOutcome.ALREADY_QUEUED
         return Reply(200, 0, "already queued")
     if queued:
         enqueue(state, auth.request_id)
-        result.outcome = Outcome.QUEUED
+        result.outcome = RequestOutcome.QUEUED
         return Reply(200, 0, "queued")
     process(app, event, claim.transition)
     if claim.transition is not None and not claim.transition.applied:
-        result.outcome = Outcome.STALE
+        result.outcome = RequestOutcome.STALE
         return Reply(200, 0, "stale update: recorded, not applied")
-    result.outcome = Outcome.ACCEPTED
+    result.outcome = RequestOutcome.ACCEPTED
     return Reply(200, 0, "success")

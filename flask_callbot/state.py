@@ -31,9 +31,15 @@ class CallbotState:
     metrics: Metrics | None = None
 
 
-def get_state(app: Flask) -> CallbotState:
-    """The app's callbot state; a clear error if the blueprint was never registered."""
-    state = app.extensions.get(EXTENSION_KEY)
+def current_flask_app() -> Flask:
+    """The app object behind ``current_app`` (signals are sent with it, not with the proxy)."""
+    return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
+
+
+def get_state(app: Flask | None = None) -> CallbotState:
+    """The callbot state of ``app`` (default: the current app); a clear error if the blueprint
+    was never registered."""
+    state = (app if app is not None else current_flask_app()).extensions.get(EXTENSION_KEY)
     if not isinstance(state, CallbotState):
         raise ConfigurationError(
             "flask_callbot is not set up on this app: register create_blueprint() first"
@@ -43,4 +49,4 @@ def get_state(app: Flask) -> CallbotState:
 
 def get_store(app: Flask | None = None) -> Store:
     """The store of ``app`` (default: the current app): ask it about tasks, orders, deliveries."""
-    return get_state(app if app is not None else current_app._get_current_object()).store  # type: ignore[attr-defined]
+    return get_state(app).store
