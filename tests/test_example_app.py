@@ -9,9 +9,18 @@ from typing import Any
 
 import pytest
 
-from example_app import DEV_SECRET_KEY, DEV_UUID, create_app
+from example_app import DEV_SECRET_KEY, DEV_UUID, create_app, demo
 
-from support import SECRET, UUID, Clock, Sender, assert_reply, number_payload, task_payload
+from support import (
+    SECRET,
+    UUID,
+    Clock,
+    Sender,
+    assert_reply,
+    number_payload,
+    serve,
+    task_payload,
+)
 
 
 @pytest.fixture
@@ -93,3 +102,21 @@ def test_follow_up_on_intent_and_finished_orders(
         "intents interested,callback,price"
     ) in messages
     assert "8613800138000" not in caplog.text
+
+
+def test_the_demo_script_posts_a_signed_callback(
+    env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("CALLBOT_EXAMPLE_DEV_MODE", "1")
+    app = create_app()
+    with serve(app) as base, caplog.at_level(logging.INFO, logger="example_app"):
+        url = f"{base}/api/v3/taskCallback"
+        assert demo.main(["demo", url]) == 0
+        assert demo.main(["demo", url, "5"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["200 retCode 0: success"] * 2
+    assert "task demo-task-1 (demo-campaign)" in caplog.text
+    assert "IN_PROGRESS -> PAUSED [task-paused]" in caplog.text
+    env.setenv("CALLBOT_SECRET_KEY", "not-the-dev-key")
+    env.setenv("CALLBOT_UUID", DEV_UUID)
+    with serve(app) as base:
+        assert demo.main(["demo", f"{base}/api/v3/taskCallback"]) == 1  # refused: 401
