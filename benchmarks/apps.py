@@ -30,7 +30,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields
 from sqlalchemy import orm
 
 from flask_callbot import create_blueprint
-from flask_callbot.testing import sign_headers
+from flask_callbot.testing import sign_headers, task_payload
 
 SECRET = "bench-secret-key-0123456789abcdef"
 UUID = "BenchAccount"
@@ -194,24 +194,14 @@ def create_app() -> Flask:
 
 
 def task_body(rng: random.Random, tasks: int, create_ts: int, first: int = 0) -> bytes:
-    stats = {
-        "answerOrderCount": 3,
-        "finishOrderCount": 5,
-        "totalOrderCount": 10,
-        "finishRate": 0.5,
-        "totalAnswerCall": 3,
-        "totalCall": 6,
-        "answerRate": 0.5,
-    }
-    payload = {
-        "callbackType": 1,
-        "userTaskID": "campaign",
-        "taskID": f"task-{first + rng.randrange(tasks)}",
-        "sceneID": "scene",
-        "taskStatus": rng.choice([2, 2, 2, 5]),
-        "createTs": create_ts - 3600,
-        "taskStat": stats,
-    }
+    """A signed-to-be task callback for one of ``tasks`` tasks, numbered from ``first``."""
+    payload = task_payload(
+        userTaskID="campaign",
+        taskID=f"task-{first + rng.randrange(tasks)}",
+        sceneID="scene",
+        taskStatus=rng.choice([2, 2, 2, 5]),
+        createTs=create_ts - 3600,
+    )
     return json.dumps(payload).encode()
 
 
