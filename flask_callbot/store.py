@@ -334,7 +334,7 @@ class Store:
             )
 
     def get_delivery(self, request_id: str) -> StoredDelivery | None:
-        with self._transaction() as conn:
+        with self._reading() as conn:
             row = conn.execute(
                 deliveries.select().where(deliveries.c.request_id == request_id)
             ).first()
@@ -436,7 +436,7 @@ class Store:
             )
             .order_by(deliveries.c.id)
         )
-        with self._transaction() as conn:
+        with self._reading() as conn:
             return list(conn.execute(query).scalars())
 
     def list_deliveries(
@@ -461,12 +461,12 @@ class Store:
             query = query.where(deliveries.c.received_at >= _in_utc(since))
         if until is not None:
             query = query.where(deliveries.c.received_at < _in_utc(until))
-        with self._transaction() as conn:
+        with self._reading() as conn:
             return [_stored_delivery(row) for row in conn.execute(query)]
 
     def failed_request_ids(self) -> list[str]:
         """The requestIDs of failed deliveries, oldest first (the order to replay them in)."""
-        with self._transaction() as conn:
+        with self._reading() as conn:
             return list(
                 conn.execute(
                     sa.select(deliveries.c.request_id)
@@ -477,7 +477,7 @@ class Store:
 
     def count_failed(self) -> int:
         """How many deliveries are failed now (the ``callbot_failed_deliveries`` gauge)."""
-        with self._transaction() as conn:
+        with self._reading() as conn:
             return int(
                 conn.execute(
                     sa.select(sa.func.count())
@@ -494,7 +494,7 @@ class Store:
             .order_by(tasks.c.updated_at.desc(), tasks.c.task_id)
             .limit(limit)
         )
-        with self._transaction() as conn:
+        with self._reading() as conn:
             return [_task_state(row) for row in conn.execute(query)]
 
     def prune(
@@ -520,17 +520,17 @@ class Store:
     def count_prunable(self, *, before: datetime, include_failed: bool = False) -> int:
         """How many deliveries :meth:`prune` with the same arguments would delete."""
         query = sa.select(sa.func.count()).where(_prunable(before, include_failed))
-        with self._transaction() as conn:
+        with self._reading() as conn:
             return int(conn.execute(query).scalar_one())
 
     def get_task(self, task_id: str) -> TaskState | None:
-        with self._transaction() as conn:
+        with self._reading() as conn:
             row = conn.execute(tasks.select().where(tasks.c.task_id == task_id)).first()
         return None if row is None or row.status is None else _task_state(row)
 
     def get_order(self, task_id: str, order_id: str) -> OrderState | None:
         """What the newest order or call callback said about one order of one task."""
-        with self._transaction() as conn:
+        with self._reading() as conn:
             row = conn.execute(
                 orders.select().where(orders.c.task_id == task_id, orders.c.order_id == order_id)
             ).first()
@@ -569,7 +569,7 @@ class Store:
         self._schema_ready = True
 
     def get_schema_version(self) -> int | None:
-        with self._transaction() as conn:
+        with self._reading() as conn:
             return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
 
     def dispose(self) -> None:
@@ -623,11 +623,28 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        """A writing transaction: on SQLite, the writers' turn and BEGIN IMMEDIATE."""
+        self._ensure_schema()
+        with self._translate_errors(), self._write_lock(), self.engine.begin() as conn:
+            yield conn
+
+    def _ensure_schema(self) -> None:
         if not self._schema_ready:
             with self._schema_lock:
                 if not self._schema_ready:
                     self.create_schema()
-        with self._translate_errors(), self._write_lock(), self.engine.begin() as conn:
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A read-only transaction: on SQLite a plain (deferred) BEGIN without the writers' turn,
+        so the dashboard, the CLI and metrics scrapes never hold up deliveries (WAL readers see
+        a consistent snapshot and block no one)."""
+        self._ensure_schema()
+        with (
+            self._translate_errors(),
+            self.engine.connect().execution_options(**{_READ_ONLY: True}) as conn,
+            conn.begin(),
+        ):
             yield conn
 
     @contextmanager
@@ -643,6 +660,8 @@ class Store:
             raise
 
 
+#: The execution option that marks a connection's transactions read-only (see Store._reading).
+_READ_ONLY = "callbot_read_only"
 _LOCK_KEY = 0x43414C4C424F54  # "CALLBOT": the advisory lock that serialises schema changes
 
 
@@ -724,8 +743,10 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:
 
     @sa_event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # Take the write lock up front: two read-then-write transactions never deadlock.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front: two read-then-write transactions never deadlock.
+        # A read-only transaction (Store._reading) begins deferred and never takes it.
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 @dataclass(frozen=True, slots=True)
