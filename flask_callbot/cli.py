@@ -25,6 +25,7 @@ from .routes import callback_url, split_callback_url
 from .simulator import Result, Window, build_campaign, post_callback, run_campaign
 from .state import current_flask_app, get_state
 from .store import Outcome, Store, StoredDelivery, TaskState
+from .tables import render_table
 from .testing import (
     SERIALIZATIONS,
     call_payload,
@@ -669,15 +670,9 @@ def openapi_command(output: Path | None, prefix: str | None) -> None:
 
 
 def _echo_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    table = [list(headers), *map(list, rows)]
-    if len(table) == 1:
-        click.echo("(none)")
-        return
-    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
-    for row in table:
-        click.echo(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    lines = render_table(headers, rows)
+    for line in lines if len(lines) > 1 else ["(none)"]:
+        click.echo(line)
 
 
 def _change(delivery: StoredDelivery) -> str:

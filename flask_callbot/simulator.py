@@ -35,6 +35,7 @@ from typing import Any
 
 from .events import CallbackKind, TaskStatus
 from .routes import callback_url
+from .tables import render_table
 from .testing import call_payload, order_payload, serialize, sign_headers, task_payload
 
 #: Intents a call script recognises: (tag, name as the script writes it, level).
@@ -580,6 +581,14 @@ class Summary:
     def report(self, *, limit: int = 20) -> list[str]:
         """The summary as printed by ``flask callbot simulate``: one line per outcome, then each
         unexpected answer (up to ``limit``)."""
+        unexpected = self.unexpected
+        lines = [*self._headline(), *self._table(flagged={_row(r) for r in unexpected})]
+        if not unexpected:
+            return [*lines, "every answer was as expected"]
+        return [*lines, *_explain(unexpected, limit)]
+
+    def _headline(self) -> list[str]:
+        """The task, and what was sent: how many of each kind, and of each fault."""
         campaign = self.campaign
         kinds = Counter(d.kind.value for d in campaign.deliveries if d.role is Role.GENUINE)
         faults = [
@@ -588,37 +597,37 @@ class Summary:
             f"{sum(d.reordered for d in campaign.deliveries)} reordered",
             f"skew {campaign.skew:+d} s on {sum(d.skewed for d in campaign.genuine)}",
         ]
-        lines = [
+        return [
             f"task {campaign.task_id}: {campaign.orders} orders, {campaign.calls} calls",
             f"sent {len(self.results)} deliveries to {self.url} in {self.elapsed:.1f} s: "
             f"{kinds['task']} task, {kinds['order']} order, {kinds['call']} call callbacks; "
             + ", ".join(faults),
         ]
-        unexpected = self.unexpected
-        flagged = {_row(result) for result in unexpected}
-        rows = [("ROLE", "EXPECTED", "ANSWER", "COUNT", "")]
-        for row, count in sorted(self.counts().items()):
-            rows.append((*row, str(count), "UNEXPECTED" if row in flagged else ""))
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        lines += [
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
-            for row in rows
+
+    def _table(self, *, flagged: set[tuple[str, str, str]]) -> list[str]:
+        """A row per (role, expected answers, actual answer) with its count; ``flagged`` rows
+        marked UNEXPECTED."""
+        rows = [
+            (*row, str(count), "UNEXPECTED" if row in flagged else "")
+            for row, count in sorted(self.counts().items())
         ]
-        if not unexpected:
-            lines.append("every answer was as expected")
-            return lines
-        lines.append(f"{len(unexpected)} unexpected answer(s):")
-        for result in unexpected[:limit]:
-            d = result.delivery
-            what = d.role.value + (f", {d.forgery}" if d.forgery else "")
-            why = result.error or (result.reply.ret_msg if result.reply else "")
-            lines.append(
-                f"  {d.kind.value} {d.request_id} ({what}): expected "
-                f"{' or '.join(sorted(result.expected))}, got {result.outcome}: {why[:120]}"
-            )
-        if len(unexpected) > limit:
-            lines.append(f"  ... and {len(unexpected) - limit} more")
-        return lines
+        return render_table(("ROLE", "EXPECTED", "ANSWER", "COUNT", ""), rows)
+
+
+def _explain(unexpected: list[Result], limit: int) -> list[str]:
+    """A line per unexpected answer (up to ``limit``): what was sent, expected and answered."""
+    lines = [f"{len(unexpected)} unexpected answer(s):"]
+    for result in unexpected[:limit]:
+        d = result.delivery
+        what = d.role.value + (f", {d.forgery}" if d.forgery else "")
+        why = result.error or (result.reply.ret_msg if result.reply else "")
+        lines.append(
+            f"  {d.kind.value} {d.request_id} ({what}): expected "
+            f"{' or '.join(sorted(result.expected))}, got {result.outcome}: {why[:120]}"
+        )
+    if len(unexpected) > limit:
+        lines.append(f"  ... and {len(unexpected) - limit} more")
+    return lines
 
 
 def _row(result: Result) -> tuple[str, str, str]:
