@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from .events import CallbackKind, TaskStatus
@@ -310,82 +311,12 @@ def _payload(
     run_id: str,
     moment: int,
 ) -> dict[str, Any]:
+    """The body of one planned callback, created by the vendor at ``moment`` (unix seconds)."""
     common = {"taskID": task_id, "userTaskID": user_task_id, "sceneID": "sim-scene"}
     if kind is CallbackKind.TASK:
         return task_payload(**common, createTs=moment - 3600, **spec)
-    order, call = spec["order"], spec["order"]["last_call"]
+    order = spec["order"]
     name = _NAMES[order["number"] % len(_NAMES)]
-    end = moment - 1
-    answered = call["answered"]
-    talk = call.get("talk", 0)
-    begin = end - talk - rng.randint(5, 25)
-    detail: dict[str, Any] = {
-        "callID": f"{run_id}-call-{call['number']:05d}",
-        "callStatus": _ANSWERED if answered else _NOT_ANSWERED_STATUS,
-        "callStartTs": begin,
-        "callAnswerTs": end - talk if answered else 0,
-        "callEndTs": end,
-        "callDuration": talk,
-        "callAudioUrl": f"https://records.example/{run_id}/{call['number']}.wav"
-        if answered
-        else "",
-        "hangupCause": "NORMAL_CLEARING" if answered else _NOT_ANSWERED[call["hangup"]][0],
-        "termSipCode": "200" if answered else _NOT_ANSWERED[call["hangup"]][1],
-    }
-    if kind is CallbackKind.CALL:
-        detail.update(callingNumber="02150000000", lineAddress=f"sip-line-{order['number'] % 8}")
-    intents = [_INTENTS[i] for i in call.get("intents", ())]
-    detail["intents"] = [
-        {
-            "intentID": f"i{_INTENTS.index(i) + 1}",
-            "intentTag": i[0],
-            "intentName": i[1],
-            "intentLevel": i[2],
-        }
-        for i in intents
-    ]
-    interested = any(i[0] == "interested" for i in intents)
-    detail["sms"] = (
-        [
-            {
-                "smsSendTs": end + 2,
-                "sysMessageID": f"m-{call['number']}",
-                "smsContent": "您好，感谢您的接听！优惠详情请查收。",  # noqa: RUF001 - Chinese punctuation
-            }
-        ]
-        if interested
-        else []
-    )
-    agent_fields = (
-        "agentName",
-        "agentGroup",
-        "agentLabel",
-        "agentCallStatus",
-        "agentCallElapsed",
-        "manualCallStart",
-        "manualCallAnswer",
-        "manualCallEnd",
-        "manualHangupBy",
-    )
-    if call.get("agent"):
-        values = (
-            "李雷",
-            "sales",
-            "senior",
-            1,
-            talk // 2,
-            end - talk // 2,
-            end - talk // 2 + 1,
-            end,
-            2,
-        )
-        detail["agent"] = dict(zip(agent_fields, values, strict=True))
-    else:
-        detail["agent"] = dict.fromkeys(agent_fields)  # no human agent took part
-    detail["params"] = [
-        {"name": "product", "value": "宽带套餐"},
-        {"name": "customerName", "value": name},
-    ]
     factory = order_payload if kind is CallbackKind.ORDER else call_payload
     return factory(
         **common,
@@ -394,8 +325,91 @@ def _payload(
         userName=name,
         finish=spec["finish"],
         other=f"crm-contact={order['number']}",
-        callInfoDetail=detail,
+        callInfoDetail=_call_detail(kind, order, name, rng=rng, run_id=run_id, end=moment - 1),
     )
+
+
+def _call_detail(
+    kind: CallbackKind,
+    order: dict[str, Any],
+    name: str,
+    *,
+    rng: random.Random,
+    run_id: str,
+    end: int,
+) -> dict[str, Any]:
+    """``callInfoDetail`` of the order's last call attempt, which ended at ``end``."""
+    call = order["last_call"]
+    detail = _call_record(call, rng=rng, run_id=run_id, end=end)
+    if kind is CallbackKind.CALL:  # the vendor documents these two on the call page only
+        detail.update(callingNumber="02150000000", lineAddress=f"sip-line-{order['number'] % 8}")
+    intents = call.get("intents", ())
+    interested = any(_INTENTS[index][0] == "interested" for index in intents)
+    detail.update(
+        intents=[_intent(index) for index in intents],
+        sms=[_sms(call, end)] if interested else [],
+        agent=_agent(call, end),
+        params=[{"name": "product", "value": "宽带套餐"}, {"name": "customerName", "value": name}],
+    )
+    return detail
+
+
+def _call_record(
+    call: dict[str, Any], *, rng: random.Random, run_id: str, end: int
+) -> dict[str, Any]:
+    """What the switch recorded of the call: its id, times, recording and how it ended."""
+    answered, number = call["answered"], call["number"]
+    talk = call.get("talk", 0)
+    begin = end - talk - rng.randint(5, 25)
+    hangup = ("NORMAL_CLEARING", "200") if answered else _NOT_ANSWERED[call["hangup"]]
+    return {
+        "callID": f"{run_id}-call-{number:05d}",
+        "callStatus": _ANSWERED if answered else _NOT_ANSWERED_STATUS,
+        "callStartTs": begin,
+        "callAnswerTs": end - talk if answered else 0,
+        "callEndTs": end,
+        "callDuration": talk,
+        "callAudioUrl": f"https://records.example/{run_id}/{number}.wav" if answered else "",
+        "hangupCause": hangup[0],
+        "termSipCode": hangup[1],
+    }
+
+
+def _intent(index: int) -> dict[str, Any]:
+    tag, name, level = _INTENTS[index]
+    return {"intentID": f"i{index + 1}", "intentTag": tag, "intentName": name, "intentLevel": level}
+
+
+def _sms(call: dict[str, Any], end: int) -> dict[str, Any]:
+    """The SMS the script sends an interested person just after the call."""
+    return {
+        "smsSendTs": end + 2,
+        "sysMessageID": f"m-{call['number']}",
+        "smsContent": "您好，感谢您的接听！优惠详情请查收。",  # noqa: RUF001 - Chinese punctuation
+    }
+
+
+_AGENT_FIELDS = (
+    "agentName",
+    "agentGroup",
+    "agentLabel",
+    "agentCallStatus",
+    "agentCallElapsed",
+    "manualCallStart",
+    "manualCallAnswer",
+    "manualCallEnd",
+    "manualHangupBy",
+)
+
+
+def _agent(call: dict[str, Any], end: int) -> dict[str, Any]:
+    """The human agent who took over the call, or every field null when none did."""
+    if not call.get("agent"):
+        return dict.fromkeys(_AGENT_FIELDS)
+    talk = call.get("talk", 0)
+    half = end - talk // 2
+    values = ("李雷", "sales", "senior", 1, talk // 2, half, half + 1, end, 2)
+    return dict(zip(_AGENT_FIELDS, values, strict=True))
 
 
 def _reorder(sequence: list[Delivery], rng: random.Random) -> list[Delivery]:
@@ -634,22 +648,6 @@ def _row(result: Result) -> tuple[str, str, str]:
     return (result.delivery.role.value, " or ".join(sorted(result.expected)), result.outcome)
 
 
-class _Stamper:
-    """``createTs`` per creation index, stamped when first needed and never after a later one."""
-
-    def __init__(self, genuine: list[Delivery], span: int, clock: Callable[[], float]) -> None:
-        self.ats = [d.at for d in genuine]
-        self.span = span
-        self.clock = clock
-        self.stamps: list[int] = []
-
-    def create_ts(self, created: int) -> int:
-        if created >= len(self.stamps):
-            now = int(self.clock())
-            self.stamps += [now - self.span + at for at in self.ats[len(self.stamps) : created + 1]]
-        return self.stamps[created]
-
-
 def run_campaign(
     campaign: Campaign,
     base_url: str,
@@ -674,97 +672,146 @@ def run_campaign(
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     window = window or Window()
-    genuine = campaign.genuine
+    signer = _Signer(campaign, clock, secret_key=secret_key, uuid=uuid)
     # With several senders, a duplicate may be in flight with its original: either may get 409/7.
-    doubled = (
-        {d.created for d in campaign.deliveries if d.role is Role.DUPLICATE}
-        if concurrency > 1
-        else set()
-    )
-    stamper = _Stamper(genuine, campaign.span, clock)
-    forged_key = "forged-" + secrets.token_hex(16)
-    signed: dict[int, dict[str, str]] = {}
-    answered: queue.SimpleQueue[Result] = queue.SimpleQueue()
-    results: list[Result] = []
-
-    def headers_for(delivery: Delivery) -> tuple[dict[str, str], int]:
-        create_ts = stamper.create_ts(delivery.created) + (campaign.skew if delivery.skewed else 0)
-        if delivery.forgery == "wrong-key":
-            return sign_headers(
-                delivery.body,
-                secret_key=forged_key,
-                uuid=uuid,
-                request_id=delivery.request_id,
-                create_ts=create_ts,
-            ), create_ts
-        if delivery.created not in signed:  # duplicates and tampered bodies reuse these
-            original = genuine[delivery.created]
-            signed[delivery.created] = sign_headers(
-                original.body,
-                secret_key=secret_key,
-                uuid=uuid,
-                request_id=original.request_id,
-                create_ts=create_ts,
-            )
-        return signed[delivery.created], create_ts
-
-    def send(
-        delivery: Delivery, headers: dict[str, str], create_ts: int, expected: frozenset[str]
-    ) -> None:
-        url = callback_url(base_url, delivery.kind)
-        try:
-            reply = post_callback(url, delivery.body, headers, timeout=timeout)
-            result = Result(delivery=delivery, create_ts=create_ts, expected=expected, reply=reply)
-        except OSError as exc:
-            reason = getattr(exc, "reason", exc)  # urllib wraps the socket's error
-            cause = reason if isinstance(reason, BaseException) else exc
-            error = f"{type(cause).__name__}: {reason}"
-            result = Result(
-                delivery=delivery, create_ts=create_ts, expected=expected, reply=None, error=error
-            )
-        answered.put(result)
-
-    def collect(block: bool) -> None:
-        while True:
-            try:
-                result = answered.get(block=block)
-            except queue.Empty:
-                return
-            results.append(result)
-            if progress is not None:
-                progress(result)
-            if block:
-                return
-
-    def drain() -> None:
-        while len(results) < submitted:
-            collect(block=True)
-
+    doubled = _duplicated(campaign) if concurrency > 1 else set()
     began = time.monotonic()
-    submitted = 0
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="callbot-sim") as pool:
+        answers = _Answers(pool, progress)
         for position, delivery in enumerate(campaign.deliveries):
             if delay and position:
                 time.sleep(delay)
             # A task update goes alone, so the task's life arrives in the planned order.
             alone = delivery.kind is CallbackKind.TASK and delivery.role is Role.GENUINE
             if alone:
-                drain()
-            headers, create_ts = headers_for(delivery)
+                answers.drain()
+            headers, create_ts = signer.sign(delivery)
             concurrent = delivery.created in doubled
             expected = _expected(delivery, create_ts, clock(), window, concurrent=concurrent)
-            pool.submit(send, delivery, headers, create_ts, expected)
-            submitted += 1
+            url = callback_url(base_url, delivery.kind)
+            answers.submit(partial(_deliver, url, delivery, headers, create_ts, expected, timeout))
             if alone:
-                drain()
-            collect(block=False)
-        drain()
+                answers.drain()
+            answers.collect()
+        answers.drain()
     return Summary(
         campaign=campaign,
         url=base_url,
-        results=tuple(results),
+        results=tuple(answers.results),
         elapsed=time.monotonic() - began,
     )
+
+
+class _Stamper:
+    """``createTs`` per creation index, stamped when first needed and never after a later one."""
+
+    def __init__(self, genuine: list[Delivery], span: int, clock: Callable[[], float]) -> None:
+        self.ats = [d.at for d in genuine]
+        self.span = span
+        self.clock = clock
+        self.stamps: list[int] = []
+
+    def create_ts(self, created: int) -> int:
+        if created >= len(self.stamps):
+            now = int(self.clock())
+            self.stamps += [now - self.span + at for at in self.ats[len(self.stamps) : created + 1]]
+        return self.stamps[created]
+
+
+class _Signer:
+    """The headers each delivery is sent with: a copy or a tampered body reuses its genuine
+    delivery's headers, a wrong-key forgery is signed with a key that is not the account's."""
+
+    def __init__(
+        self, campaign: Campaign, clock: Callable[[], float], *, secret_key: str, uuid: str
+    ) -> None:
+        self.genuine = campaign.genuine
+        self.skew = campaign.skew
+        self.stamper = _Stamper(self.genuine, campaign.span, clock)
+        self.secret_key = secret_key
+        self.forged_key = "forged-" + secrets.token_hex(16)
+        self.uuid = uuid
+        self.signed: dict[int, dict[str, str]] = {}
+
+    def sign(self, delivery: Delivery) -> tuple[dict[str, str], int]:
+        """The headers for ``delivery``, and the ``createTs`` they carry."""
+        create_ts = self.stamper.create_ts(delivery.created) + (self.skew if delivery.skewed else 0)
+        if delivery.forgery == "wrong-key":
+            return self._headers(delivery, self.forged_key, create_ts), create_ts
+        if delivery.created not in self.signed:
+            original = self.genuine[delivery.created]
+            self.signed[delivery.created] = self._headers(original, self.secret_key, create_ts)
+        return self.signed[delivery.created], create_ts
+
+    def _headers(self, delivery: Delivery, key: str, create_ts: int) -> dict[str, str]:
+        return sign_headers(
+            delivery.body,
+            secret_key=key,
+            uuid=self.uuid,
+            request_id=delivery.request_id,
+            create_ts=create_ts,
+        )
+
+
+def _duplicated(campaign: Campaign) -> set[int]:
+    """The creation indexes of the genuine deliveries the campaign sends more than once."""
+    return {d.created for d in campaign.deliveries if d.role is Role.DUPLICATE}
+
+
+def _deliver(
+    url: str,
+    delivery: Delivery,
+    headers: dict[str, str],
+    create_ts: int,
+    expected: frozenset[str],
+    timeout: float,
+) -> Result:
+    """POST one delivery (in a sender thread): its result, with the reply or why there was none."""
+    try:
+        reply = post_callback(url, delivery.body, headers, timeout=timeout)
+    except OSError as exc:
+        reason = getattr(exc, "reason", exc)  # urllib wraps the socket's error
+        cause = reason if isinstance(reason, BaseException) else exc
+        error = f"{type(cause).__name__}: {reason}"
+        return Result(
+            delivery=delivery, create_ts=create_ts, expected=expected, reply=None, error=error
+        )
+    return Result(delivery=delivery, create_ts=create_ts, expected=expected, reply=reply)
+
+
+class _Answers:
+    """The sender threads' results, taken in (and reported to ``progress``) in this thread, in
+    the order they come back."""
+
+    def __init__(self, pool: ThreadPoolExecutor, progress: Callable[[Result], None] | None) -> None:
+        self.pool = pool
+        self.progress = progress
+        self.queue: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self.results: list[Result] = []
+        self.submitted = 0
+
+    def submit(self, deliver: Callable[[], Result]) -> None:
+        self.pool.submit(lambda: self.queue.put(deliver()))
+        self.submitted += 1
+
+    def collect(self) -> None:
+        """Take in the results already back, without waiting."""
+        while True:
+            try:
+                result = self.queue.get(block=False)
+            except queue.Empty:
+                return
+            self._take(result)
+
+    def drain(self) -> None:
+        """Wait for the result of everything submitted."""
+        while len(self.results) < self.submitted:
+            self._take(self.queue.get())
+
+    def _take(self, result: Result) -> None:
+        self.results.append(result)
+        if self.progress is not None:
+            self.progress(result)
 
 
 def _expected(
