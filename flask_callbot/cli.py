@@ -22,7 +22,16 @@ from .errors import ConfigurationError, DeliveryInProgress, ReceiverFailed
 from .events import CallbackKind, TaskStatus
 from .openapi import build_openapi
 from .routes import callback_url, split_callback_url
-from .simulator import Result, Window, build_campaign, post_callback, run_campaign
+from .simulator import (
+    Campaign,
+    HttpReply,
+    Result,
+    Summary,
+    Window,
+    build_campaign,
+    post_callback,
+    run_campaign,
+)
 from .state import current_flask_app, get_state
 from .store import Outcome, Store, StoredDelivery, TaskState
 from .tables import render_table
@@ -406,19 +415,8 @@ def send(
     full URL of one callback (.../api/v3/taskCallback), which implies --kind. Exits 1 unless
     the reply is 200 with retCode 0.
     """
-    base, url_kind = _base_url(url)
-    if kind and url_kind and kind != url_kind:
-        raise click.UsageError(f"the URL is the {url_kind.value} callback but --kind is {kind}")
-    chosen = CallbackKind(kind) if kind else url_kind
-    if chosen is None:
-        raise click.UsageError("give --kind task|order|call (the URL is a base URL)")
-    if raw and (payload_file is None or status is not None):
-        raise click.UsageError("--raw sends a --file unchanged: give --file, and no --status")
-    if raw:
-        body = payload_file.read()
-    else:
-        payload = _send_payload(chosen, payload_file, status)
-        body = serialize(payload, serialization)
+    base, chosen = _send_target(url, kind)
+    body = _send_body(chosen, payload_file, raw=raw, status=status, serialization=serialization)
     key, account = _credentials(secret_key, uuid)
     headers = sign_headers(
         body,
@@ -431,39 +429,38 @@ def send(
     )
     target = callback_url(base, chosen)
     form = "as in the file" if raw else serialization
-    click.echo(f"POST {target}")
-    click.echo(
-        f"  {chosen.value} callback, {len(body)} bytes ({form}), {algorithm.upper()}, "
-        f"requestID {headers['requestID']}, createTs {headers['createTs']}"
-    )
-    try:
-        reply = post_callback(target, body, headers, timeout=timeout)
-    except OSError as exc:
-        reason = getattr(exc, "reason", exc)
-        raise click.ClickException(f"no answer from {target}: {reason}") from None
-    code = "" if reply.ret_code is None else f" retCode {reply.ret_code}"
-    click.echo(f"{reply.status}{code}: {reply.ret_msg}")
-    if reply.status == 404:
-        click.echo("  is the URL right? Give the base URL with the blueprint's prefix.", err=True)
+    _echo_sending(target, chosen, body, form, algorithm, headers)
+    reply = _post_or_fail(target, body, headers, timeout=timeout)
+    _echo_reply(reply)
     if (reply.status, reply.ret_code) != (200, 0):
         raise SystemExit(1)
 
 
+def _send_target(url: str, kind: str | None) -> tuple[str, CallbackKind]:
+    """The base URL and the callback to send: --kind, or the one the URL names (not both)."""
+    base, url_kind = _base_url(url)
+    if kind and url_kind and kind != url_kind:
+        raise click.UsageError(f"the URL is the {url_kind.value} callback but --kind is {kind}")
+    chosen = CallbackKind(kind) if kind else url_kind
+    if chosen is None:
+        raise click.UsageError("give --kind task|order|call (the URL is a base URL)")
+    return base, chosen
+
+
+def _send_body(
+    kind: CallbackKind, payload_file: Any, *, raw: bool, status: int | None, serialization: str
+) -> bytes:
+    """The bytes to send: --file's exactly (--raw), or a payload serialised as asked."""
+    if raw and (payload_file is None or status is not None):
+        raise click.UsageError("--raw sends a --file unchanged: give --file, and no --status")
+    if raw:
+        return bytes(payload_file.read())
+    return serialize(_send_payload(kind, payload_file, status), serialization)
+
+
 def _send_payload(kind: CallbackKind, payload_file: Any, status: int | None) -> dict[str, Any]:
-    if payload_file is None:
-        factory = {
-            CallbackKind.TASK: task_payload,
-            CallbackKind.ORDER: order_payload,
-            CallbackKind.CALL: call_payload,
-        }[kind]
-        payload = factory()
-    else:
-        try:
-            payload = json.loads(payload_file.read())
-        except ValueError as exc:
-            raise click.BadParameter(f"not JSON: {exc}", param_hint="--file") from None
-        if not isinstance(payload, dict):
-            raise click.BadParameter("the payload must be a JSON object", param_hint="--file")
+    """The built-in example of ``kind`` or --file's JSON object, with --status applied."""
+    payload = _example_payload(kind) if payload_file is None else _file_payload(payload_file)
     if status is not None:
         if kind is CallbackKind.TASK:
             payload["taskStatus"] = status
@@ -472,6 +469,57 @@ def _send_payload(kind: CallbackKind, payload_file: Any, status: int | None) -> 
             payload["callInfoDetail"] = {**(detail if isinstance(detail, dict) else {})}
             payload["callInfoDetail"]["callStatus"] = status
     return payload
+
+
+def _example_payload(kind: CallbackKind) -> dict[str, Any]:
+    factory = {
+        CallbackKind.TASK: task_payload,
+        CallbackKind.ORDER: order_payload,
+        CallbackKind.CALL: call_payload,
+    }[kind]
+    return factory()
+
+
+def _file_payload(payload_file: Any) -> dict[str, Any]:
+    try:
+        payload = json.loads(payload_file.read())
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--file") from None
+    if not isinstance(payload, dict):
+        raise click.BadParameter("the payload must be a JSON object", param_hint="--file")
+    return payload
+
+
+def _post_or_fail(
+    target: str, body: bytes, headers: dict[str, str], *, timeout: float
+) -> HttpReply:
+    try:
+        return post_callback(target, body, headers, timeout=timeout)
+    except OSError as exc:
+        reason = getattr(exc, "reason", exc)
+        raise click.ClickException(f"no answer from {target}: {reason}") from None
+
+
+def _echo_sending(
+    target: str,
+    kind: CallbackKind,
+    body: bytes,
+    form: str,
+    algorithm: str,
+    headers: dict[str, str],
+) -> None:
+    click.echo(f"POST {target}")
+    click.echo(
+        f"  {kind.value} callback, {len(body)} bytes ({form}), {algorithm.upper()}, "
+        f"requestID {headers['requestID']}, createTs {headers['createTs']}"
+    )
+
+
+def _echo_reply(reply: HttpReply) -> None:
+    code = "" if reply.ret_code is None else f" retCode {reply.ret_code}"
+    click.echo(f"{reply.status}{code}: {reply.ret_msg}")
+    if reply.status == 404:
+        click.echo("  is the URL right? Give the base URL with the blueprint's prefix.", err=True)
 
 
 @click.command("simulate")
@@ -544,7 +592,6 @@ def simulate(
     """
     base, _ = _base_url(url)
     state = get_state()
-    settings = state.settings
     key, account = _credentials(secret_key, uuid)
     campaign = build_campaign(
         orders=orders,
@@ -555,8 +602,36 @@ def simulate(
         bad_signatures=bad_signatures,
         serialization=serialization,
         seed=seed,
-        span=min(60, max(1, settings.max_age // 3)),
+        span=min(60, max(1, state.settings.max_age // 3)),
     )
+    summary = _run_with_progress_bar(
+        campaign,
+        base,
+        secret_key=key,
+        uuid=account,
+        concurrency=concurrency,
+        delay=delay,
+        timeout=timeout,
+    )
+    for line in summary.report():
+        click.echo(line)
+    if not summary.ok:
+        raise SystemExit(1)
+
+
+def _run_with_progress_bar(
+    campaign: Campaign,
+    base: str,
+    *,
+    secret_key: str,
+    uuid: str,
+    concurrency: int,
+    delay: float,
+    timeout: float,
+) -> Summary:
+    """Run ``campaign`` against the app's timestamp window and clock, a bar on stderr."""
+    state = get_state()
+    settings = state.settings
     with click.progressbar(
         length=len(campaign.deliveries), label="simulating", file=sys.stderr, show_pos=True
     ) as bar:
@@ -564,11 +639,11 @@ def simulate(
         def advance(result: Result) -> None:
             bar.update(1)
 
-        summary = run_campaign(
+        return run_campaign(
             campaign,
             base,
-            secret_key=key,
-            uuid=account,
+            secret_key=secret_key,
+            uuid=uuid,
             window=Window(settings.max_age, settings.max_future_skew),
             concurrency=concurrency,
             delay=delay,
@@ -576,10 +651,6 @@ def simulate(
             clock=state.clock,
             progress=advance,
         )
-    for line in summary.report():
-        click.echo(line)
-    if not summary.ok:
-        raise SystemExit(1)
 
 
 @click.command("verify")
