@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from flask_callbot import create_blueprint
-from flask_callbot.testing import SentSignal, record_signals
+from flask_callbot.testing import SentSignal
 
 from support import POSTGRES_URL, SECRET, UUID, Clock, Sender, postgres_schema, serve
 
@@ -70,10 +70,10 @@ def sender(app: Flask, clock: Clock) -> Sender:
 
 
 @pytest.fixture
-def sent(app: Flask) -> Iterator[list[SentSignal]]:
-    """Every flask_callbot signal the app sends during the test, in order."""
-    with record_signals(sender=app) as sent:
-        yield sent
+def sent(callbot_signals: list[SentSignal]) -> list[SentSignal]:
+    """Every flask_callbot signal the app sends during the test, in order: the pytest plugin's
+    ``callbot_signals``, by a shorter name."""
+    return callbot_signals
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Shared test helpers: credentials, a settable clock, payloads, a vendor-like sender."""
+"""Shared test helpers: credentials, a settable clock, drifting payloads, servers and links."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import select
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,11 +23,6 @@ from flask_callbot.testing import CallbotClient, SentSignal
 SECRET = "u7Mf3zUNOkg4lMV9a0E6cHSgIkK22GSr"
 UUID = "Vh71ym3yQwWSYZFpqkFwTskGXUbSxDtR"
 NOW = 1_800_000_000
-ROUTES = {
-    "task": "/api/v3/taskCallback",
-    "order": "/api/v3/orderCallback",
-    "call": "/api/v3/callCallback",
-}
 POSTGRES_URL = os.environ.get("CALLBOT_TEST_POSTGRES_URL")
 
 
@@ -41,11 +36,7 @@ class Clock:
         return self.now
 
 
-def task_payload(**overrides: Any) -> dict[str, Any]:
-    return testing.task_payload(**overrides)
-
-
-def number_payload(**overrides: Any) -> dict[str, Any]:
+def order_call_payload(**overrides: Any) -> dict[str, Any]:
     """A realistic order/call callback with the vendor's drift: a string callbackType, a digit
     string intentLevel, unknown fields at every level, a ``recordDetail`` list."""
     payload = testing.call_payload(callbackType="2", newTopLevelField={"since": "2026"})
@@ -62,40 +53,23 @@ def number_payload(**overrides: Any) -> dict[str, Any]:
 
 
 def payload_for(kind: str, **overrides: Any) -> dict[str, Any]:
-    return task_payload(**overrides) if kind == "task" else number_payload(**overrides)
+    return testing.task_payload(**overrides) if kind == "task" else order_call_payload(**overrides)
 
 
-class Sender:
-    """Signs and posts callbacks as the vendor does, by the test's clock (see CallbotClient)."""
+class Sender(CallbotClient):
+    """A :class:`~flask_callbot.testing.CallbotClient` signing as the test account (unless told
+    otherwise) by the test's clock."""
 
-    def __init__(self, client: FlaskClient, clock: Clock) -> None:
-        self.client = client
-        self.clock = clock
-
-    def post(
+    def __init__(
         self,
-        kind: str,
-        payload: dict[str, Any] | bytes,
+        client: FlaskClient,
+        clock: Callable[[], float],
         *,
-        request_id: str | None = None,
-        create_ts: int | None = None,
-        algorithm: str = "MD5",
-        headers: dict[str, str] | None = None,
         secret_key: str = SECRET,
         uuid: str = UUID,
         prefix: str = "",
-    ) -> TestResponse:
-        client = CallbotClient(
-            self.client, secret_key=secret_key, uuid=uuid, prefix=prefix, clock=self.clock
-        )
-        return client.post(
-            kind,
-            payload,
-            request_id=request_id,
-            create_ts=create_ts,
-            algorithm=algorithm,
-            headers=headers,
-        )
+    ) -> None:
+        super().__init__(client, secret_key=secret_key, uuid=uuid, prefix=prefix, clock=clock)
 
 
 def names(sent: list[SentSignal]) -> list[str]:

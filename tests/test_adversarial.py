@@ -4,6 +4,7 @@ that nothing was stored and no signal but ``callback_rejected`` was sent."""
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ from flask import Flask
 
 from flask_callbot import pipeline
 from flask_callbot.events import CallbackKind
+from flask_callbot.routes import ROUTES
 from flask_callbot.testing import (
     call_payload,
     order_payload,
@@ -27,7 +29,7 @@ from flask_callbot.testing import (
     task_payload,
 )
 
-from support import NOW, ROUTES, SECRET, UUID, assert_reply, stored_count
+from support import NOW, SECRET, UUID, assert_reply, stored_count
 
 KINDS = ["task", "order", "call"]
 REQUEST_ID = "adversarial-0001"
@@ -40,16 +42,11 @@ def payload(kind: str) -> dict[str, Any]:
     return factory(other=MARKER) if kind != "task" else factory(sceneID=MARKER)
 
 
-def signed(body: bytes, **overrides: Any) -> dict[str, str]:
-    """Headers signed with the app's credentials at the test clock's time."""
-    options: dict[str, Any] = {
-        "secret_key": SECRET,
-        "uuid": UUID,
-        "request_id": REQUEST_ID,
-        "create_ts": NOW,
-        **overrides,
-    }
-    return sign_headers(body, **options)
+#: Headers signed with the app's credentials at the test clock's time (keywords override them);
+#: the malformed cases start from these and change them.
+signed = functools.partial(
+    sign_headers, secret_key=SECRET, uuid=UUID, request_id=REQUEST_ID, create_ts=NOW
+)
 
 
 @dataclass(frozen=True)

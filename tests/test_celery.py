@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_callbot import get_store
-from flask_callbot.testing import record_signals, sign_headers
+from flask_callbot.testing import CallbotClient, record_signals, task_payload
 
-from support import SECRET, UUID, CuttableLink, assert_reply, number_payload, task_payload
+from support import SECRET, UUID, CuttableLink, assert_reply, order_call_payload
 
 BROKER_URL = os.environ.get("CALLBOT_TEST_REDIS_URL")
 pytestmark = pytest.mark.skipif(
@@ -123,10 +123,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 def post(web: Flask, kind: str, payload: dict[str, Any], request_id: str) -> Any:
-    body = json.dumps(payload).encode()
-    headers = sign_headers(body, secret_key=SECRET, uuid=UUID, request_id=request_id)
-    routes = {"task": "taskCallback", "order": "orderCallback", "call": "callCallback"}
-    return web.test_client().post(f"/api/v3/{routes[kind]}", data=body, headers=headers)
+    return CallbotClient.for_app(web).post(kind, payload, request_id=request_id)
 
 
 def wait_for(web: Flask, request_id: str, outcome: str, timeout: float = 30) -> Any:
@@ -148,8 +145,8 @@ def test_replies_at_once_and_signals_fire_in_the_worker(deployment: Deployment) 
     ids = {kind: unique(kind) for kind in ("task", "order", "call")}
     payloads = {
         "task": task_payload(taskID=unique("T"), taskStatus=2),
-        "order": number_payload(orderID=unique("o")),
-        "call": number_payload(orderID=unique("o")),
+        "order": order_call_payload(orderID=unique("o")),
+        "call": order_call_payload(orderID=unique("o")),
     }
     with record_signals(sender=web) as in_web:
         for kind, request_id in ids.items():
@@ -229,7 +226,7 @@ def test_broker_down_gives_503_and_nothing_is_lost(deployment: Deployment) -> No
         redelivered, swept = unique("redelivered"), unique("swept")
         payloads = {
             redelivered: task_payload(taskID=unique("T"), taskStatus=1),
-            swept: number_payload(orderID=unique("o")),
+            swept: order_call_payload(orderID=unique("o")),
         }
         assert_reply(post(web, "task", payloads[redelivered], redelivered), 503, 7)
         assert_reply(post(web, "order", payloads[swept], swept), 503, 7)

@@ -10,9 +10,9 @@ from click.testing import Result
 from flask import Flask
 
 from flask_callbot import StoreUnavailable, TaskStatus, get_store, signals
-from flask_callbot.testing import SentSignal
+from flask_callbot.testing import SentSignal, task_payload
 
-from support import NOW, Clock, Sender, assert_reply, names, number_payload, task_payload
+from support import NOW, Clock, Sender, assert_reply, names, order_call_payload
 
 
 def run(app: Flask, *args: str) -> Result:
@@ -44,7 +44,7 @@ def seed(sender: Sender, clock: Clock) -> None:
     clock.now = NOW + 3600
     sender.post("task", task_payload(taskStatus=5), request_id="t-2", create_ts=NOW + 3600)
     sender.post("task", task_payload(taskStatus=2), request_id="t-stale", create_ts=NOW + 3500)
-    sender.post("order", number_payload(), request_id="o-1", create_ts=NOW + 3600)
+    sender.post("order", order_call_payload(), request_id="o-1", create_ts=NOW + 3600)
     sender.post("task", task_payload(taskID="T200", taskStatus=3), request_id="t-3")
 
 
@@ -96,7 +96,7 @@ def test_events_when_empty(app: Flask) -> None:
 def test_show_prints_headers_body_outcome_and_error(
     app: Flask, sender: Sender, broken: Any
 ) -> None:
-    sender.post("call", number_payload(), request_id="c-1", create_ts=NOW)
+    sender.post("call", order_call_payload(), request_id="c-1", create_ts=NOW)
     sender.post("task", task_payload(taskStatus=2), request_id="t-bad", create_ts=NOW)
     result = run(app, "show", "c-1")
     assert result.exit_code == 0, result.output
@@ -228,7 +228,7 @@ def test_prune_keeps_failed_unless_asked(
 
 def test_prune_in_batches(app: Flask, sender: Sender, clock: Clock) -> None:
     for number in range(5):
-        sender.post("order", number_payload(orderID=f"o{number}"), request_id=f"o-{number}")
+        sender.post("order", order_call_payload(orderID=f"o{number}"), request_id=f"o-{number}")
     store = get_store(app)
     cutoff = datetime.fromtimestamp(NOW + 1, UTC)
     assert store.count_prunable(before=cutoff) == 5

@@ -18,8 +18,9 @@ from werkzeug.test import TestResponse
 
 from example_app import DEV_SECRET_KEY, DEV_UUID, create_app, live_demo
 from flask_callbot import TaskStatus, get_store
+from flask_callbot.testing import task_payload
 
-from support import Clock, Sender, assert_reply, number_payload, task_payload
+from support import Clock, Sender, assert_reply, order_call_payload
 
 VOID = {"meta", "link", "br", "img", "input", "hr", "source", "wbr", "col", "area", "base"}
 
@@ -43,13 +44,15 @@ class Vendor:
 
     def __init__(self, app: Flask) -> None:
         self.clock = Clock(time.time())
-        self.sender = Sender(app.test_client(), self.clock)
+        self.sender = Sender(
+            app.test_client(), self.clock, secret_key=DEV_SECRET_KEY, uuid=DEV_UUID
+        )
         self.ts = int(self.clock.now) - 100
 
     def post(self, kind: str, payload: dict[str, Any] | bytes, **options: Any) -> TestResponse:
         self.ts += 1  # each task update a second after the last: their order is unambiguous
         options.setdefault("create_ts", self.ts)
-        return self.sender.post(kind, payload, secret_key=DEV_SECRET_KEY, uuid=DEV_UUID, **options)
+        return self.sender.post(kind, payload, **options)
 
 
 def page(app: Flask, path: str = "/dashboard/") -> str:
@@ -203,13 +206,13 @@ def test_unknown_status_and_missing_statistics(app: Flask) -> None:
 
 def test_latest_orders_from_the_store_and_calls_from_the_signals(app: Flask) -> None:
     vendor = Vendor(app)
-    missed = number_payload(orderID="order-0002", userName="李娜", userPhone="8613900001234")
+    missed = order_call_payload(orderID="order-0002", userName="李娜", userPhone="8613900001234")
     missed["callInfoDetail"].update(
         callAnswerTs=0, callDuration=0, hangupCause="NO_ANSWER", intents=[]
     )
-    assert_reply(vendor.post("call", number_payload()), 200, 0)
+    assert_reply(vendor.post("call", order_call_payload()), 200, 0)
     assert_reply(vendor.post("call", missed), 200, 0)
-    assert_reply(vendor.post("order", number_payload()), 200, 0)
+    assert_reply(vendor.post("order", order_call_payload()), 200, 0)
     html = page(app)
     assert_tidy(html)
 
@@ -240,7 +243,7 @@ def test_hostile_strings_are_escaped(app: Flask) -> None:
     assert_reply(
         vendor.post("task", task_payload(userTaskID=script, taskID=f"T{attribute}")), 200, 0
     )
-    call = number_payload(userTaskID=script, userName=attribute, orderID=script)
+    call = order_call_payload(userTaskID=script, userName=attribute, orderID=script)
     call["callInfoDetail"]["intents"][0].update(intentName=script, intentTag=attribute)
     for kind in ("call", "order"):
         assert_reply(vendor.post(kind, call), 200, 0)
@@ -274,7 +277,8 @@ def test_the_live_fragment_is_what_the_script_swaps_in(app: Flask) -> None:
 
 def test_refused_requests_are_counted(app: Flask) -> None:
     vendor = Vendor(app)
-    response = vendor.sender.post("task", task_payload(), secret_key="wrong", uuid=DEV_UUID)
+    forger = Sender(app.test_client(), vendor.clock, secret_key="wrong", uuid=DEV_UUID)
+    response = forger.post("task", task_payload())
     assert_reply(response, 401, 6)
     assert "0 callbacks received and 1 refused" in text(page(app))
 
@@ -283,7 +287,7 @@ def test_the_feed_is_bounded_and_per_app(app: Flask, tmp_path: Any) -> None:
     other = create_app({"CALLBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'other.sqlite3'}"})
     vendor = Vendor(app)
     for number in range(15):
-        payload = number_payload(orderID=f"order-{number:04d}")
+        payload = order_call_payload(orderID=f"order-{number:04d}")
         payload["callInfoDetail"]["callID"] = f"call-{number:04d}"
         assert_reply(vendor.post("call", payload), 200, 0)
     calls = rows(element(page(app), "table", "calls"))

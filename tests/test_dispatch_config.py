@@ -13,9 +13,9 @@ from flask import Flask
 
 from flask_callbot import ConfigurationError, create_blueprint, get_store
 from flask_callbot.celery_dispatch import PROCESS_TASK, SWEEP_TASK, init_celery, retry_countdown
-from flask_callbot.testing import record_signals
+from flask_callbot.testing import record_signals, task_payload
 
-from support import Sender, assert_reply, task_payload
+from support import Sender, assert_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,17 +10,9 @@ from typing import Any
 import pytest
 
 from example_app import DEV_SECRET_KEY, DEV_UUID, create_app, demo
+from flask_callbot.testing import task_payload
 
-from support import (
-    SECRET,
-    UUID,
-    Clock,
-    Sender,
-    assert_reply,
-    number_payload,
-    serve,
-    task_payload,
-)
+from support import SECRET, UUID, Clock, Sender, assert_reply, order_call_payload, serve
 
 
 @pytest.fixture
@@ -79,19 +71,13 @@ def test_follow_up_on_intent_and_finished_orders(
 ) -> None:
     env.setenv("CALLBOT_EXAMPLE_DEV_MODE", "1")
     app = create_app({"EXAMPLE_FOLLOW_UP_INTENT": "callback"})
-    sender = Sender(app.test_client(), Clock(time.time()))
-    no_intent = number_payload(orderID="order-0002")
+    sender = Sender(app.test_client(), Clock(time.time()), secret_key=DEV_SECRET_KEY, uuid=DEV_UUID)
+    no_intent = order_call_payload(orderID="order-0002")
     no_intent["callInfoDetail"]["intents"] = []
     with caplog.at_level(logging.INFO, logger="example_app"):
-        for kind, payload in (("call", number_payload()), ("call", no_intent)):
-            assert_reply(
-                sender.post(kind, payload, secret_key=DEV_SECRET_KEY, uuid=DEV_UUID), 200, 0
-            )
-        assert_reply(
-            sender.post("order", number_payload(), secret_key=DEV_SECRET_KEY, uuid=DEV_UUID),
-            200,
-            0,
-        )
+        for kind, payload in (("call", order_call_payload()), ("call", no_intent)):
+            assert_reply(sender.post(kind, payload), 200, 0)
+        assert_reply(sender.post("order", order_call_payload()), 200, 0)
     messages = [r.getMessage() for r in caplog.records if r.name == "example_app"]
     assert [m for m in messages if m.startswith("follow-up")] == [
         "follow-up: order order-0001 of task T100 hit intent 'callback'; "

@@ -27,18 +27,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from flask_callbot.testing import sign_headers
+from flask_callbot.routes import ROUTES
+from flask_callbot.testing import sign_headers, task_payload
 
 from support import (
     POSTGRES_URL,
-    ROUTES,
     SECRET,
     UUID,
     CuttableLink,
     free_port,
-    number_payload,
+    order_call_payload,
     postgres_schema,
-    task_payload,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -196,7 +195,7 @@ def campaign(rng: random.Random, base_ts: int) -> list[Delivery]:
             deliveries.append(Delivery("task", f"task-{t}-{j}", base_ts + 10 * j, payload))
     for o in range(1600):
         for kind, ts in (("call", base_ts + o % 97), ("order", base_ts + o % 97 + 1)):
-            payload = number_payload(orderID=f"order-{o}", taskID=f"task-{o % 50}")
+            payload = order_call_payload(orderID=f"order-{o}", taskID=f"task-{o % 50}")
             payload["callInfoDetail"].update(callID=f"call-{o}", callStartTs=base_ts - 60)
             payload["finish"] = kind == "order"
             deliveries.append(Delivery(kind, f"{kind}-{o}", ts, payload))

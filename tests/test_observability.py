@@ -17,7 +17,7 @@ from flask_callbot import ConfigurationError, create_blueprint, signals
 from flask_callbot.metrics import get_registry, metrics_view
 from flask_callbot.testing import task_payload
 
-from support import NOW, SECRET, UUID, Clock, Sender, assert_reply, number_payload
+from support import NOW, SECRET, UUID, Clock, Sender, assert_reply, order_call_payload
 
 FIELDS = {"request_id", "kind", "outcome", "reason", "http_status", "ret_code", "latency_ms"}
 
@@ -145,7 +145,7 @@ def test_metrics_count_outcomes_lag_latency_and_failures(
     assert_reply(sender.post("call", task_payload(), headers={"uuid": "other"}), 401, 6002)
     signals.order_received.connect(fail, app, weak=False)
     try:
-        assert_reply(sender.post("order", number_payload(), create_ts=NOW - 30), 500, 5001)
+        assert_reply(sender.post("order", order_call_payload(), create_ts=NOW - 30), 500, 5001)
     finally:
         signals.order_received.disconnect(fail, app)
 

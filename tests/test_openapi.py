@@ -24,7 +24,7 @@ from flask_callbot.schemas import build_event, decode_body
 from flask_callbot.signing import parse_auth_headers
 from flask_callbot.testing import CallbotClient, serialize, task_payload
 
-from support import NOW, SECRET, UUID, number_payload
+from support import NOW, SECRET, UUID, order_call_payload
 
 STATUSES = ["200", "400", "401", "409", "413", "500", "503"]
 URI = "urn:callbot-openapi"
@@ -131,7 +131,7 @@ def without(payload: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def with_call(**fields: Any) -> dict[str, Any]:
-    payload = number_payload()
+    payload = order_call_payload()
     payload["callInfoDetail"] = {**payload["callInfoDetail"], **fields}
     return payload
 
@@ -164,22 +164,22 @@ TASK_CASES: list[dict[str, Any]] = [
     task_payload(taskStat={"totalCall": -(2**63) - 1}),
     task_payload(newField={"any": ["thing"]}),
 ]
-NUMBER_CASES: list[dict[str, Any]] = [
-    number_payload(),
-    number_payload(callbackType=3),
-    number_payload(finish="yes"),
-    number_payload(finish=0),
-    number_payload(finish=2),
-    number_payload(finish="maybe"),
-    number_payload(finish=None),
-    number_payload(orderID=""),
-    number_payload(orderID=None),
-    number_payload(userPhone=8613800138000),
-    number_payload(callInfoDetail=None),
-    without(number_payload(), "callInfoDetail"),
-    number_payload(callInfoDetail={"callID": "c"}),
-    number_payload(callInfoDetail={"callID": ""}),
-    number_payload(callInfoDetail="c"),
+ORDER_CALL_CASES: list[dict[str, Any]] = [
+    order_call_payload(),
+    order_call_payload(callbackType=3),
+    order_call_payload(finish="yes"),
+    order_call_payload(finish=0),
+    order_call_payload(finish=2),
+    order_call_payload(finish="maybe"),
+    order_call_payload(finish=None),
+    order_call_payload(orderID=""),
+    order_call_payload(orderID=None),
+    order_call_payload(userPhone=8613800138000),
+    order_call_payload(callInfoDetail=None),
+    without(order_call_payload(), "callInfoDetail"),
+    order_call_payload(callInfoDetail={"callID": "c"}),
+    order_call_payload(callInfoDetail={"callID": ""}),
+    order_call_payload(callInfoDetail="c"),
     with_call(intents=None),
     with_call(intents="x"),
     with_call(intents=[None]),
@@ -205,9 +205,9 @@ def test_the_task_schema_agrees_with_the_receiver(document: dict[str, Any], case
     assert documented is accepts(CallbackKind.TASK, payload), payload
 
 
-@pytest.mark.parametrize("case", range(len(NUMBER_CASES)))
+@pytest.mark.parametrize("case", range(len(ORDER_CALL_CASES)))
 def test_the_number_schema_agrees_with_the_receiver(document: dict[str, Any], case: int) -> None:
-    payload = NUMBER_CASES[case]
+    payload = ORDER_CALL_CASES[case]
     documented = validator(document, "/components/schemas/NumberCallback").is_valid(payload)
     for kind in (CallbackKind.ORDER, CallbackKind.CALL):
         assert documented is accepts(kind, payload), payload
@@ -216,9 +216,9 @@ def test_the_number_schema_agrees_with_the_receiver(document: dict[str, Any], ca
 def test_both_outcomes_are_covered() -> None:
     """The agreement tests mean something only if both answers occur."""
     task = [accepts(CallbackKind.TASK, p) for p in TASK_CASES]
-    number = [accepts(CallbackKind.ORDER, p) for p in NUMBER_CASES]
+    order_call = [accepts(CallbackKind.ORDER, p) for p in ORDER_CALL_CASES]
     assert 5 < sum(task) < len(task) - 5
-    assert 5 < sum(number) < len(number) - 5
+    assert 5 < sum(order_call) < len(order_call) - 5
 
 
 def test_real_replies_match_the_documented_responses(
@@ -240,15 +240,15 @@ def test_real_replies_match_the_documented_responses(
         client.post("task", task_payload(), headers={"sign": "0" * 32}),
         client.post("task", task_payload(), headers={"uuid": "someone"}),
         client.post("task", task_payload(taskStatus=3), request_id="ok"),  # reused requestID
-        client.post("order", number_payload(padding="x" * 5000)),
+        client.post("order", order_call_payload(padding="x" * 5000)),
     ]
     signals.order_received.connect(boom, app, weak=False)
     try:
-        replies.append(client.post("order", number_payload()))
+        replies.append(client.post("order", order_call_payload()))
     finally:
         signals.order_received.disconnect(boom, app)
     broken = make_app(CALLBOT_DATABASE_URL="sqlite:////nonexistent-dir/callbot.sqlite3")
-    replies.append(CallbotClient.for_app(broken).post("call", number_payload()))
+    replies.append(CallbotClient.for_app(broken).post("call", order_call_payload()))
     seen = set()
     for reply in replies:
         status = str(reply.status_code)

@@ -25,7 +25,7 @@ from flask_callbot.events import CallbackKind, timestamp_to_datetime
 from flask_callbot.schemas import build_event
 from flask_callbot.testing import SentSignal
 
-from support import NOW, Sender, assert_reply, names, number_payload
+from support import NOW, Sender, assert_reply, names, order_call_payload
 
 EVENT_TYPES = {"order": OrderEvent, "call": CallEvent}
 
@@ -36,7 +36,7 @@ def build(kind: str, payload: dict[str, Any]) -> Any:
 
 @pytest.mark.parametrize("kind", ["order", "call"])
 def test_realistic_payload_maps_to_event(kind: str) -> None:
-    payload = number_payload()
+    payload = order_call_payload()
     event = build(kind, payload)
     assert type(event) is EVENT_TYPES[kind]
     assert event.raw is payload
@@ -102,14 +102,14 @@ def test_realistic_payload_maps_to_event(kind: str) -> None:
 
 def test_callback_type_as_integer_or_string_or_absent() -> None:
     for value in (2, "2", "3", 3):
-        assert build("order", number_payload(callbackType=value)).order_id == "order-0001"
-    payload = number_payload()
+        assert build("order", order_call_payload(callbackType=value)).order_id == "order-0001"
+    payload = order_call_payload()
     del payload["callbackType"]
     assert build("call", payload).order_id == "order-0001"
 
 
 def test_null_or_partial_agent_and_minimal_call() -> None:
-    payload = number_payload()
+    payload = order_call_payload()
     payload["callInfoDetail"]["agent"] = None
     assert build("call", payload).call.agent is None
     payload["callInfoDetail"]["agent"] = {"agentName": None, "manualHangupBy": None}
@@ -123,14 +123,14 @@ def test_null_or_partial_agent_and_minimal_call() -> None:
 
 
 def test_null_lists_read_as_empty() -> None:
-    payload = number_payload()
+    payload = order_call_payload()
     payload["callInfoDetail"].update(intents=None, sms=None, params=None, recordDetail=None)
     call = build("call", payload).call
     assert (call.intents, call.sms, call.params, call.record_detail) == ((), (), (), ())
 
 
 def test_zero_timestamps_are_none() -> None:
-    payload = number_payload()
+    payload = order_call_payload()
     payload["callInfoDetail"].update(callAnswerTs=0, callEndTs=0)
     call = build("call", payload).call
     assert (call.call_answer_ts, call.answered_at, call.ended_at) == (0, None, None)
@@ -160,7 +160,7 @@ def test_millisecond_timestamps_are_recognised() -> None:
     ],
 )
 def test_required_fields(mutate: Any, message: str) -> None:
-    payload = number_payload()
+    payload = order_call_payload()
     mutate(payload)
     with pytest.raises(MissingField) as caught:
         build("order", payload)
@@ -182,7 +182,7 @@ def test_required_fields(mutate: Any, message: str) -> None:
     ],
 )
 def test_wrong_values_are_named(mutate: Any, field: str) -> None:
-    payload = number_payload()
+    payload = order_call_payload()
     mutate(payload)
     with pytest.raises(InvalidField) as caught:
         build("call", payload)
@@ -193,7 +193,7 @@ def test_wrong_values_are_named(mutate: Any, field: str) -> None:
 def test_signals_carry_the_event(
     app: Flask, sender: Sender, sent: list[SentSignal], kind: str
 ) -> None:
-    assert_reply(sender.post(kind, number_payload(), request_id="n-1"), 200, 0)
+    assert_reply(sender.post(kind, order_call_payload(), request_id="n-1"), 200, 0)
     assert names(sent) == ["callback-received", f"{kind}-received"]
     event = sent[1].kwargs["event"]
     assert isinstance(event, EVENT_TYPES[kind])
@@ -215,12 +215,12 @@ def test_receiver_failure_then_redelivery(
     signal = signals.order_received if kind == "order" else signals.call_received
     signal.connect(flaky, app, weak=False)
     try:
-        assert_reply(sender.post(kind, number_payload(), request_id="again"), 500, 5001)
+        assert_reply(sender.post(kind, order_call_payload(), request_id="again"), 500, 5001)
         sent.clear()
-        assert_reply(sender.post(kind, number_payload(), request_id="again"), 200, 0)
+        assert_reply(sender.post(kind, order_call_payload(), request_id="again"), 200, 0)
         assert names(sent) == ["callback-received", f"{kind}-received"]
         sent.clear()
-        assert_reply(sender.post(kind, number_payload(), request_id="again"), 200, 0)
+        assert_reply(sender.post(kind, order_call_payload(), request_id="again"), 200, 0)
         assert sent == []
     finally:
         signal.disconnect(flaky, app)
@@ -230,7 +230,7 @@ def test_receiver_failure_then_redelivery(
 
 
 def call_for(call_id: str, start: int, **overrides: Any) -> dict[str, Any]:
-    payload = copy.deepcopy(number_payload(**overrides))
+    payload = copy.deepcopy(order_call_payload(**overrides))
     payload["callInfoDetail"].update(callID=call_id, callStartTs=start, callEndTs=start + 30)
     return payload
 
@@ -287,8 +287,8 @@ def test_out_of_order_deliveries_still_signal(sender: Sender, sent: list[SentSig
 
 
 def test_orders_are_keyed_by_task_and_order(app: Flask, sender: Sender) -> None:
-    sender.post("order", number_payload(taskID="A"))
-    sender.post("order", number_payload(taskID="B", finish=False))
+    sender.post("order", order_call_payload(taskID="A"))
+    sender.post("order", order_call_payload(taskID="B", finish=False))
     store = get_store(app)
     assert store.get_order("A", "order-0001").finish is True
     assert store.get_order("B", "order-0001").finish is False

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from flask_callbot import RequestRejected
 from flask_callbot.errors import InvalidField, MalformedBody, MissingField
 from flask_callbot.events import CallbackKind
+from flask_callbot.routes import ROUTES
 from flask_callbot.schemas import build_event, decode_body
 from flask_callbot.signing import AuthHeaders, verify_signature
 from flask_callbot.testing import serialize, sign_headers, task_payload
 
-from support import NOW, ROUTES, SECRET, UUID, number_payload
+from support import NOW, SECRET, UUID, order_call_payload
 
 ALGORITHMS = ["MD5", "SHA256"]
 FAST = settings(max_examples=150, derandomize=True, deadline=None)
@@ -151,7 +152,7 @@ def test_the_schema_refuses_only_with_a_validation_error(
 def test_any_value_in_a_known_field_is_loaded_or_refused_cleanly(
     base: str, path: tuple[str, ...], value: Any
 ) -> None:
-    payload = task_payload() if base == "task" else number_payload()
+    payload = task_payload() if base == "task" else order_call_payload()
     target = payload
     for key in path[:-1]:
         target = target.setdefault(key, {})
@@ -197,7 +198,7 @@ def test_a_realistic_payload_with_hostile_fields_never_gets_a_server_error(app: 
         overrides=st.dictionaries(st.sampled_from(KNOWN), json_values, max_size=4),
     )
     def check(kind: str, overrides: dict[str, Any]) -> None:
-        payload = task_payload(**overrides) if kind == "task" else number_payload(**overrides)
+        payload = task_payload(**overrides) if kind == "task" else order_call_payload(**overrides)
         body = serialize(payload)
         headers = sign_headers(body, secret_key=SECRET, uuid=UUID, create_ts=NOW)
         response = client.post(ROUTES[kind], data=body, headers=headers)

@@ -9,9 +9,9 @@ from flask import Flask
 
 from flask_callbot import ConfigurationError, create_blueprint
 from flask_callbot.state import get_state
-from flask_callbot.testing import record_signals
+from flask_callbot.testing import record_signals, task_payload
 
-from support import SECRET, UUID, Clock, Sender, assert_reply, task_payload
+from support import SECRET, UUID, Clock, Sender, assert_reply
 
 
 def new_app(tmp_path: Any, **config: Any) -> Flask:
@@ -109,7 +109,7 @@ def test_routes_with_and_without_prefix(tmp_path: Any) -> None:
         "/api/v3/orderCallback",
         "/api/v3/callCallback",
     }
-    reply = Sender(app.test_client(), clock).post("task", task_payload(), prefix="/hooks")
+    reply = Sender(app.test_client(), clock, prefix="/hooks").post("task", task_payload())
     assert_reply(reply, 200, 0)
 
 
@@ -143,8 +143,8 @@ def test_two_apps_in_one_process_keep_their_own_state(tmp_path: Any) -> None:
         assert_reply(Sender(one.test_client(), clock).post("task", task_payload()), 200, 0)
         refused = Sender(two.test_client(), clock).post("task", task_payload())
         assert_reply(refused, 401, 6)
-        accepted = Sender(two.test_client(), clock).post(
-            "task", task_payload(), secret_key="another-secret-for-app-two"
+        accepted = Sender(two.test_client(), clock, secret_key="another-secret-for-app-two").post(
+            "task", task_payload()
         )
         assert_reply(accepted, 200, 0)
     assert sent_one[0].name == "callback-received"
@@ -156,10 +156,11 @@ def test_secret_rotation_from_config(tmp_path: Any) -> None:
     app = new_app(tmp_path, CALLBOT_SECRET_KEY=["old-secret", "new-secret"], CALLBOT_UUID=UUID)
     app.config["CALLBOT_DATABASE_URL"] = "sqlite://"
     app.register_blueprint(create_blueprint(clock=Clock()))
-    sender = Sender(app.test_client(), Clock())
     for key in ("old-secret", "new-secret"):
-        assert_reply(sender.post("task", task_payload(), secret_key=key), 200, 0)
-    assert_reply(sender.post("task", task_payload(), secret_key=SECRET), 401, 6)
+        sender = Sender(app.test_client(), Clock(), secret_key=key)
+        assert_reply(sender.post("task", task_payload()), 200, 0)
+    sender = Sender(app.test_client(), Clock(), secret_key=SECRET)
+    assert_reply(sender.post("task", task_payload()), 401, 6)
 
 
 def test_sign_algorithms_config(tmp_path: Any) -> None:

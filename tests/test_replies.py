@@ -11,21 +11,10 @@ import pytest
 from flask import Flask
 
 from flask_callbot import signals
-from flask_callbot.testing import SentSignal, record_signals, sign_headers
+from flask_callbot.routes import ROUTES
+from flask_callbot.testing import SentSignal, record_signals, sign_headers, task_payload
 
-from support import (
-    NOW,
-    ROUTES,
-    SECRET,
-    UUID,
-    Clock,
-    Sender,
-    assert_reply,
-    names,
-    payload_for,
-    stored_count,
-    task_payload,
-)
+from support import NOW, SECRET, UUID, Clock, Sender, assert_reply, names, payload_for, stored_count
 
 ACCEPTED = {
     "task": ["callback-received", "task-status-changed", "task-started", "task-progress"],
@@ -155,7 +144,10 @@ def test_refused_auth(
     reason: str,
     kind: str,
 ) -> None:
-    assert_reply(sender.post(kind, payload_for(kind), request_id="a-1", **options), 401, 6)
+    key = options.get("secret_key", SECRET)  # a client signs as one account: make one for it
+    post_options = {name: value for name, value in options.items() if name != "secret_key"}
+    client = Sender(sender.client, sender.clock, secret_key=key)
+    assert_reply(client.post(kind, payload_for(kind), request_id="a-1", **post_options), 401, 6)
     assert rejected(sent) == [(reason, "a-1")]
     assert stored_count(app) == 0
 
@@ -168,7 +160,8 @@ def test_window_edges_are_accepted(sender: Sender) -> None:
 def test_uuid_that_is_not_ours(
     app: Flask, sender: Sender, sent: list[SentSignal], kind: str
 ) -> None:
-    reply = sender.post(kind, payload_for(kind), request_id="u-1", uuid="SomeoneElse123")
+    someone_else = Sender(sender.client, sender.clock, uuid="SomeoneElse123")
+    reply = someone_else.post(kind, payload_for(kind), request_id="u-1")
     assert_reply(reply, 401, 6002)
     assert rejected(sent) == [("unknown-account", "u-1")]
     assert stored_count(app) == 0

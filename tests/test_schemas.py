@@ -11,8 +11,7 @@ import pytest
 from flask_callbot.errors import InvalidField, MalformedBody, MissingField
 from flask_callbot.events import CallbackKind, TaskEvent, TaskStat, TaskStatus
 from flask_callbot.schemas import build_event, decode_body
-
-from support import task_payload
+from flask_callbot.testing import task_payload
 
 
 def build(payload: dict[str, Any]) -> TaskEvent:

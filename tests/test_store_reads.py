@@ -9,8 +9,9 @@ from collections.abc import Callable
 from flask import Flask
 
 from flask_callbot import TaskStatus, get_store
+from flask_callbot.testing import task_payload
 
-from support import Sender, assert_reply, task_payload
+from support import Sender, assert_reply
 
 
 def test_a_read_does_not_wait_for_a_writer(

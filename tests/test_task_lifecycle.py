@@ -12,9 +12,9 @@ from flask_callbot import TaskStatus, signals
 from flask_callbot.events import CallbackKind
 from flask_callbot.schemas import build_event
 from flask_callbot.store import NewDelivery
-from flask_callbot.testing import SentSignal, record_signals, sign_headers
+from flask_callbot.testing import SentSignal, record_signals, sign_headers, task_payload
 
-from support import NOW, SECRET, UUID, Clock, Sender, assert_reply, names, task_payload
+from support import NOW, SECRET, UUID, Clock, Sender, assert_reply, names
 
 CHANGE = "task-status-changed"
 

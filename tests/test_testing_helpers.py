@@ -71,7 +71,7 @@ def test_task_payload_statistics_add_up() -> None:
 
 
 @pytest.mark.parametrize("kind", ["order", "call"])
-def test_number_payloads_are_realistic(kind: str) -> None:
+def test_order_and_call_payloads_are_realistic(kind: str) -> None:
     payload = FACTORIES[kind]()
     detail = payload["callInfoDetail"]
     assert payload["callbackType"] == {"order": 2, "call": 3}[kind]

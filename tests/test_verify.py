@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import Result
@@ -20,9 +20,8 @@ from support import NOW, SECRET, UUID
 MASKED = "u7Mf…GSr"
 
 
-def signed(body: bytes, **kwargs: Any) -> dict[str, str]:
-    options: dict[str, Any] = {"secret_key": SECRET, "uuid": UUID, "create_ts": NOW}
-    return sign_headers(body, **(options | kwargs))
+#: Headers signed with the app's credentials at the test clock's time (keywords override them).
+signed = functools.partial(sign_headers, secret_key=SECRET, uuid=UUID, create_ts=NOW)
 
 
 def raw_http(
