@@ -13,7 +13,7 @@ from flask_callbot.testing import SentSignal
 
 from support import POSTGRES_URL, SECRET, UUID, Clock, Sender, postgres_schema, serve
 
-#: pytester runs small user test suites against the pytest plugin (tests/test_pytest_plugin.py).
+#: pytester runs small user test suites against the pytest plugin (tests/test_pytest_fixtures.py).
 pytest_plugins = ["pytester"]
 
 
