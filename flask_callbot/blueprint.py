@@ -14,7 +14,7 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import pipeline
-from .cli import register_commands
+from .cli import create_group
 from .config import load_settings
 from .errors import ConfigurationError, PayloadTooLarge
 from .events import CallbackKind
@@ -30,7 +30,7 @@ def create_blueprint(*, name: str = "callbot", clock: Callable[[], float] = time
     incomplete. ``clock`` returns unix seconds; tests inject one to move time.
     """
     blueprint = Blueprint(name, __name__, cli_group="callbot")
-    register_commands(blueprint.cli)
+    blueprint.cli = create_group()
 
     def setup(state: BlueprintSetupState) -> None:
         _init_app(cast(Flask, state.app), clock)
