@@ -13,8 +13,8 @@ import os
 import sys
 import time
 
-from flask_callbot.simulator import post_callback
 from flask_callbot.testing import serialize, sign_headers, task_payload
+from flask_callbot.wire import post_callback
 
 from . import DEV_SECRET_KEY, DEV_UUID
 

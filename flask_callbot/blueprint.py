@@ -14,11 +14,11 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import pipeline
-from .cli import register_commands
+from .cli import create_group
 from .config import load_settings
 from .errors import ConfigurationError, PayloadTooLarge
 from .events import CallbackKind
-from .routes import ROUTES as ROUTES  # re-exported: it used to live here
+from .routes import ROUTES
 from .state import EXTENSION_KEY, CallbotState, current_flask_app, get_state
 from .store import Store
 
@@ -30,7 +30,7 @@ def create_blueprint(*, name: str = "callbot", clock: Callable[[], float] = time
     incomplete. ``clock`` returns unix seconds; tests inject one to move time.
     """
     blueprint = Blueprint(name, __name__, cli_group="callbot")
-    register_commands(blueprint.cli)
+    blueprint.cli = create_group()
 
     def setup(state: BlueprintSetupState) -> None:
         _init_app(cast(Flask, state.app), clock)
@@ -44,28 +44,30 @@ def create_blueprint(*, name: str = "callbot", clock: Callable[[], float] = time
 
 
 def _init_app(app: Flask, clock: Callable[[], float]) -> None:
+    """Build the app's state whole (metrics and Celery dispatch decided here), then keep it."""
     if EXTENSION_KEY in app.extensions:
         raise ConfigurationError("flask_callbot is already set up on this app")
     settings = load_settings(app.config, app.instance_path)
-    if app.config.get("CALLBOT_DATABASE_URL") is None:
+    if settings.database_url_is_default:
         os.makedirs(app.instance_path, exist_ok=True)
-    app.extensions[EXTENSION_KEY] = CallbotState(
-        settings=settings,
-        store=Store(
-            settings.database_url,
-            settings.engine_options,
-            sqlite_synchronous=settings.sqlite_synchronous,
-        ),
-        clock=clock,
+    store = Store(
+        settings.database_url,
+        settings.engine_options,
+        sqlite_synchronous=settings.sqlite_synchronous,
     )
+    metrics = None
     if settings.metrics:
-        from .metrics import init_metrics  # imports prometheus_client: only when asked for
+        from .metrics import build_metrics  # imports prometheus_client: only when asked for
 
-        init_metrics(app)
+        metrics = build_metrics(store, settings.metrics_registry)
+    enqueue = None
     if settings.queued and "celery" in app.extensions:  # the Flask docs' celery_init_app
-        from .celery_dispatch import init_celery
+        from .celery_dispatch import register_tasks
 
-        init_celery(app)
+        enqueue = register_tasks(app, settings)
+    app.extensions[EXTENSION_KEY] = CallbotState(
+        settings=settings, store=store, clock=clock, metrics=metrics, enqueue=enqueue
+    )
 
 
 def _view(kind: CallbackKind) -> Callable[[], Response]:

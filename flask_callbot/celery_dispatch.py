@@ -9,13 +9,15 @@ retrying with exponential backoff while receivers raise. Importing this module n
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from celery import Celery, Task
 from flask import Flask
 
+from .config import Settings
 from .dispatch import QueuedResult, process_queued
 from .errors import ConfigurationError
-from .state import get_state
+from .state import bind_dispatcher, get_state
 
 logger = logging.getLogger("flask_callbot")
 
@@ -24,17 +26,26 @@ SWEEP_TASK = "flask_callbot.sweep"
 
 
 def init_celery(app: Flask, celery_app: Celery | None = None) -> None:
-    """Register flask_callbot's tasks on ``celery_app`` (default ``app.extensions["celery"]``).
+    """Register flask_callbot's tasks on ``celery_app`` (default ``app.extensions["celery"]``)
+    and give the app's state their dispatcher (:func:`flask_callbot.state.bind_dispatcher`).
 
     Call it in the app factory after the blueprint is registered, in the web processes and in
     the worker (which imports the same factory). Registration does this by itself when the
     Celery app is already in ``app.extensions["celery"]`` (the Flask docs' ``celery_init_app``).
     """
+    settings = get_state(app).settings
+    bind_dispatcher(app, register_tasks(app, settings, celery_app))
+
+
+def register_tasks(
+    app: Flask, settings: Settings, celery_app: Celery | None = None
+) -> Callable[[str], None]:
+    """Register ``app``'s tasks on ``celery_app`` (default ``app.extensions["celery"]``) and
+    return the function that enqueues a recorded delivery (registration keeps it in the state).
+    """
     celery_app = celery_app if celery_app is not None else app.extensions.get("celery")
     if not isinstance(celery_app, Celery):
         raise ConfigurationError("init_celery needs a Celery app (or app.extensions['celery'])")
-    state = get_state(app)
-    settings = state.settings
 
     @celery_app.task(name=PROCESS_TASK, bind=True, acks_late=True, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def process_delivery(task: Task, request_id: str) -> str:
@@ -64,7 +75,7 @@ def init_celery(app: Flask, celery_app: Celery | None = None) -> None:
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         )
 
-    state.enqueue = enqueue
+    return enqueue
 
 
 def retry_countdown(retries: int, backoff: int, backoff_max: int) -> int:

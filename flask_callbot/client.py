@@ -43,7 +43,7 @@ import httpx
 from .errors import MalformedBody, RequestRejected
 from .schemas import decode_body
 from .signing import ALGORITHMS, is_well_formed_uuid, parse_auth_headers, verify_signature
-from .testing import serialize, sign_headers
+from .wire import serialize, sign_headers
 
 logger = logging.getLogger("flask_callbot")
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
 from .signing import ALGORITHMS, is_well_formed_uuid
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 #: Every key with its default; ``None`` marks a required key.
 DEFAULTS: Mapping[str, Any] = {
@@ -31,6 +34,8 @@ DEFAULTS: Mapping[str, Any] = {
     "CALLBOT_METRICS_REGISTRY": None,  # None: a registry of the app's own
 }
 DISPATCH_MODES = ("inline", "celery")
+#: What to install when ``CALLBOT_METRICS`` is on but prometheus_client is missing.
+METRICS_EXTRA_HINT = "pip install 'flask-callbot[metrics]'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +43,8 @@ class Settings:
     secret_keys: tuple[str, ...]
     uuid: str
     database_url: str
+    #: No ``CALLBOT_DATABASE_URL``: the SQLite file in ``app.instance_path``.
+    database_url_is_default: bool
     engine_options: Mapping[str, Any]
     sqlite_synchronous: str
     max_content_length: int
@@ -51,6 +58,8 @@ class Settings:
     celery_retry_backoff_max: int
     celery_queue: str | None
     metrics: bool = False
+    #: ``CALLBOT_METRICS_REGISTRY`` when metrics are on; ``None``: a registry of the app's own.
+    metrics_registry: CollectorRegistry | None = None
 
     @property
     def queued(self) -> bool:
@@ -61,6 +70,7 @@ class Settings:
 def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
     """Check every key and fail with a message naming the key; fill in defaults."""
     get = {key: config.get(key, default) for key, default in DEFAULTS.items()}
+    database_url_is_default = not get["CALLBOT_DATABASE_URL"]
     database_url = get["CALLBOT_DATABASE_URL"] or "sqlite:///" + os.path.join(
         instance_path, "callbot.sqlite3"
     )
@@ -75,10 +85,12 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
     engine_options = get["CALLBOT_ENGINE_OPTIONS"]
     if not isinstance(engine_options, Mapping):
         raise ConfigurationError("CALLBOT_ENGINE_OPTIONS must be a dict of create_engine options")
+    metrics = _flag(get, "CALLBOT_METRICS")
     return Settings(
         secret_keys=_secret_keys(get["CALLBOT_SECRET_KEY"]),
         uuid=_uuid(get["CALLBOT_UUID"]),
         database_url=database_url,
+        database_url_is_default=database_url_is_default,
         engine_options=dict(engine_options),
         sqlite_synchronous=_sqlite_synchronous(get["CALLBOT_SQLITE_SYNCHRONOUS"]),
         max_content_length=_positive_int(get, "CALLBOT_MAX_CONTENT_LENGTH"),
@@ -91,7 +103,8 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
         celery_retry_backoff=_positive_int(get, "CALLBOT_CELERY_RETRY_BACKOFF"),
         celery_retry_backoff_max=_positive_int(get, "CALLBOT_CELERY_RETRY_BACKOFF_MAX"),
         celery_queue=queue,
-        metrics=_flag(get, "CALLBOT_METRICS"),
+        metrics=metrics,
+        metrics_registry=_metrics_registry(get["CALLBOT_METRICS_REGISTRY"]) if metrics else None,
     )
 
 
@@ -149,3 +162,18 @@ def _sqlite_synchronous(value: Any) -> str:
     if not isinstance(value, str) or value.upper() not in ("NORMAL", "FULL", "EXTRA"):
         raise ConfigurationError('CALLBOT_SQLITE_SYNCHRONOUS must be "NORMAL", "FULL" or "EXTRA"')
     return value.upper()
+
+
+def _metrics_registry(value: Any) -> CollectorRegistry | None:
+    """Checked only when metrics are on: prometheus_client is imported only then."""
+    try:
+        from prometheus_client import CollectorRegistry
+    except ImportError:
+        raise ConfigurationError(
+            f"CALLBOT_METRICS needs prometheus_client: {METRICS_EXTRA_HINT}"
+        ) from None
+    if value is not None and not isinstance(value, CollectorRegistry):
+        raise ConfigurationError(
+            "CALLBOT_METRICS_REGISTRY must be a prometheus_client CollectorRegistry or None"
+        )
+    return value

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -29,17 +29,27 @@ from .schemas import build_event, decode_body
 from .signing import (
     ALGORITHMS,
     AuthHeaders,
+    candidate_algorithms,
     check_timestamp,
     check_uuid,
-    is_well_formed_uuid,
     parse_auth_headers,
     verify_signature,
 )
 from .store import SCHEMA_VERSION, Store, schema_version
-from .testing import SERIALIZATIONS, serialize
+from .wire import SERIALIZATIONS, serialize
 
-OK, FAIL, SKIP, HINT = "OK", "FAIL", "SKIP", "HINT"
-WARN, PROBLEM = "WARN", "PROBLEM"
+
+class StepStatus(StrEnum):
+    """How one checked point went, printed at the start of its line."""
+
+    OK = "OK"
+    FAIL = "FAIL"  # verify: the receiver refuses the request here
+    SKIP = "SKIP"  # verify: not checked (an earlier step failed, or it cannot apply)
+    HINT = "HINT"  # verify: a likely cause of the failure above
+    WARN = "WARN"  # doctor: works, but look into it
+    PROBLEM = "PROBLEM"  # doctor: broken
+
+
 _SHORT_SECRET = 16
 #: A system clock before this is surely wrong (unix seconds: 2024-01-01).
 _EARLIEST_PLAUSIBLE = 1_704_067_200
@@ -58,9 +68,9 @@ def mask_secret(secret: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One checked point: its status (OK, FAIL, SKIP, HINT; WARN, PROBLEM) and why."""
+    """One checked point: how it went, and why."""
 
-    status: str
+    status: StepStatus
     name: str
     detail: str
 
@@ -193,9 +203,11 @@ class _Walk:
     steps: list[Step] = field(default_factory=list)
     refusal: str | None = None
 
-    def add(self, status: str, name: str, detail: str, error: CallbotError | None = None) -> None:
+    def add(
+        self, status: StepStatus, name: str, detail: str, error: CallbotError | None = None
+    ) -> None:
         self.steps.append(Step(status, name, detail))
-        if status == FAIL and self.refusal is None:
+        if status is StepStatus.FAIL and self.refusal is None:
             code = f"{error.http_status} retCode {error.ret_code} ({error.reason})" if error else ""
             self.refusal = f"refused at {name}" + (f": the receiver answers {code}" if code else "")
 
@@ -213,26 +225,30 @@ def verify_capture(
     body = capture.body
     if len(body) > settings.max_content_length:
         error = PayloadTooLarge("body is larger than CALLBOT_MAX_CONTENT_LENGTH")
-        walk.add(FAIL, "size", f"{len(body)} bytes is over CALLBOT_MAX_CONTENT_LENGTH", error)
+        walk.add(
+            StepStatus.FAIL, "size", f"{len(body)} bytes is over CALLBOT_MAX_CONTENT_LENGTH", error
+        )
     else:
-        walk.add(OK, "size", f"{len(body)} bytes (limit {settings.max_content_length})")
+        walk.add(StepStatus.OK, "size", f"{len(body)} bytes (limit {settings.max_content_length})")
     try:
         auth = parse_auth_headers(capture.headers)
     except RequestRejected as exc:
-        walk.add(FAIL, "headers", exc.message, exc)
+        walk.add(StepStatus.FAIL, "headers", exc.message, exc)
         auth = None
     if auth is None:
         for name in ("time window", "uuid", "signature"):
-            walk.add(SKIP, name, "needs well-formed auth headers")
+            walk.add(StepStatus.SKIP, name, "needs well-formed auth headers")
     else:
         names = "requestID, uuid, createTs, sign" + (", algorithm" if auth.algorithm else "")
-        walk.add(OK, "headers", f"{names} present once each and well formed")
+        walk.add(StepStatus.OK, "headers", f"{names} present once each and well formed")
         _check_window(walk, auth, settings, now)
         try:
             check_uuid(auth.uuid, settings.uuid)
-            walk.add(OK, "uuid", f"{auth.uuid} is CALLBOT_UUID")
+            walk.add(StepStatus.OK, "uuid", f"{auth.uuid} is CALLBOT_UUID")
         except RequestRejected as exc:
-            walk.add(FAIL, "uuid", f"{auth.uuid} is not CALLBOT_UUID ({settings.uuid})", exc)
+            walk.add(
+                StepStatus.FAIL, "uuid", f"{auth.uuid} is not CALLBOT_UUID ({settings.uuid})", exc
+            )
         _check_signature(walk, auth, body, settings)
     _check_body(walk, kind, body, auth)
     if walk.refusal is None:
@@ -264,54 +280,58 @@ def _check_window(walk: _Walk, auth: AuthHeaders, settings: Settings, now: float
             max_future_skew=settings.max_future_skew,
         )
     except RequestRejected as exc:
-        walk.add(FAIL, "time window", f"createTs {auth.create_ts} is {when}; {window}", exc)
+        walk.add(
+            StepStatus.FAIL, "time window", f"createTs {auth.create_ts} is {when}; {window}", exc
+        )
         if age > 0:
             hint = "checking an old capture? pass --now with the time it was received"
         else:
             hint = "the sender's clock runs ahead of this one (or --now is before the receipt)"
-        walk.add(HINT, "time window", hint)
+        walk.add(StepStatus.HINT, "time window", hint)
         return
-    walk.add(OK, "time window", f"createTs {auth.create_ts} is {when}; {window}")
+    walk.add(StepStatus.OK, "time window", f"createTs {auth.create_ts} is {when}; {window}")
 
 
-def _matches(
+def _verifies(
     auth: AuthHeaders, body: bytes, keys: Sequence[str], algorithms: Sequence[str]
-) -> tuple[int, str] | None:
-    """The (key index, algorithm) whose signature of ``body`` equals ``sign``, if any."""
-    received = auth.sign.upper().encode()
-    for algorithm in algorithms:
-        for index, key in enumerate(keys):
-            expected = auth.expected_sign(key, body, algorithm)
-            if hmac.compare_digest(expected.encode(), received):
-                return index, algorithm
-    return None
+) -> bool:
+    """Whether the receiver's own check accepts ``sign`` for ``body`` under these settings."""
+    try:
+        verify_signature(auth, body, secret_keys=keys, algorithms=algorithms)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _check_signature(walk: _Walk, auth: AuthHeaders, body: bytes, settings: Settings) -> None:
     keys, allowed = settings.secret_keys, settings.sign_algorithms
-    if auth.algorithm is not None and auth.algorithm not in allowed:
+    try:
+        candidates = candidate_algorithms(auth, allowed)
+    except InvalidSignature as exc:
         detail = f"the algorithm header says {auth.algorithm}, not in CALLBOT_SIGN_ALGORITHMS"
-        walk.add(FAIL, "signature", detail, InvalidSignature(detail))
+        walk.add(StepStatus.FAIL, "signature", detail, exc)
         return
-    candidates = [auth.algorithm] if auth.algorithm else list(allowed)
     digits = len(auth.sign)
     for index, key in enumerate(keys):
         label = f"key {index + 1} of {len(keys)} ({mask_secret(key)})"
         for algorithm in candidates:
-            expected = auth.expected_sign(key, body, algorithm)
-            if len(expected) != digits:
+            if not auth.fits(algorithm):
                 detail = f"{label}, {algorithm}: not tried, sign has {digits} hex digits"
-                walk.steps.append(Step(SKIP, "signature", detail))
-            elif hmac.compare_digest(expected.encode(), auth.sign.upper().encode()):
-                walk.steps.append(Step(OK, "signature", f"{label}, {algorithm}: matches"))
+                walk.steps.append(Step(StepStatus.SKIP, "signature", detail))
+            elif auth.signed_with(key, body, algorithm):
+                walk.steps.append(
+                    Step(StepStatus.OK, "signature", f"{label}, {algorithm}: matches")
+                )
             else:
-                walk.steps.append(Step(FAIL, "signature", f"{label}, {algorithm}: no match"))
+                walk.steps.append(
+                    Step(StepStatus.FAIL, "signature", f"{label}, {algorithm}: no match")
+                )
     try:
         verify_signature(auth, body, secret_keys=keys, algorithms=allowed)
     except RequestRejected as exc:
-        walk.add(FAIL, "signature", "the signature matches no configured key", exc)
+        walk.add(StepStatus.FAIL, "signature", "the signature matches no configured key", exc)
         for hint in _signature_hints(auth, body, keys, candidates):
-            walk.add(HINT, "signature", hint)
+            walk.add(StepStatus.HINT, "signature", hint)
 
 
 def _signature_hints(
@@ -320,7 +340,7 @@ def _signature_hints(
     """Why a signature that matches nothing might have failed: the usual slips, tried out."""
     hints = []
     stripped = body.rstrip(b"\r\n")
-    if stripped != body and _matches(auth, stripped, keys, algorithms):
+    if stripped != body and _verifies(auth, stripped, keys, algorithms):
         hints.append(
             f"the signature matches the body without its last {len(body) - len(stripped)} "
             "newline byte(s): added by an editor or the capture tool? (in a raw HTTP capture, "
@@ -333,13 +353,13 @@ def _signature_hints(
     if isinstance(payload, dict) and not hints:
         for style in SERIALIZATIONS:
             candidate = serialize(payload, style)
-            if candidate != body and _matches(auth, candidate, keys, algorithms):
+            if candidate != body and _verifies(auth, candidate, keys, algorithms):
                 hints.append(
                     f"the body was re-serialised: the signature matches the {_STYLE_NAMES[style]} "
                     "form of the same JSON; sign and send the same bytes"
                 )
     trimmed = [key.strip() for key in keys]
-    if trimmed != list(keys) and _matches(auth, body, trimmed, algorithms):
+    if trimmed != list(keys) and _verifies(auth, body, trimmed, algorithms):
         hints.append("CALLBOT_SECRET_KEY has spaces around it: the signature matches without")
     if not hints:
         hints.append(
@@ -353,7 +373,11 @@ def _check_body(
     walk: _Walk, kind: CallbackKind | None, body: bytes, auth: AuthHeaders | None
 ) -> None:
     if kind is None:
-        walk.add(SKIP, "body", "the route is unknown: give --kind task|order|call to validate it")
+        walk.add(
+            StepStatus.SKIP,
+            "body",
+            "the route is unknown: give --kind task|order|call to validate it",
+        )
         return
     try:
         event = build_event(
@@ -363,13 +387,13 @@ def _check_body(
             request_ts=auth.request_ts if auth else 0,
         )
     except RequestRejected as exc:
-        walk.add(FAIL, "body", f"not a valid {kind.value} callback: {exc.message}", exc)
+        walk.add(StepStatus.FAIL, "body", f"not a valid {kind.value} callback: {exc.message}", exc)
         return
     if isinstance(event, TaskEvent):
         what = f"taskID {event.task_id}, taskStatus {int(event.status)}"
     else:
         what = f"orderID {event.order_id}, callID {event.call.call_id}"
-    walk.add(OK, "body", f"a valid {kind.value} callback ({what})")
+    walk.add(StepStatus.OK, "body", f"a valid {kind.value} callback ({what})")
 
 
 # -- doctor -----------------------------------------------------------------------------------
@@ -383,12 +407,13 @@ def check_configuration(
     system_now: float,
     reference: float | None = None,
 ) -> list[Step]:
-    """The doctor's checklist: secret, uuid, algorithms, store, clock. PROBLEM means broken."""
+    """The doctor's checklist: secret, uuid, algorithms, store, clock. PROBLEM means broken.
+
+    What registration already refuses (no key, an empty key, a malformed uuid, an unknown
+    algorithm: see :func:`flask_callbot.config.load_settings`) is not checked again here.
+    """
     steps = _check_secrets(settings.secret_keys)
-    if is_well_formed_uuid(settings.uuid):
-        steps.append(Step(OK, "uuid", f"{settings.uuid} is well formed"))
-    else:
-        steps.append(Step(PROBLEM, "uuid", "CALLBOT_UUID must be 1-64 of A-Z a-z 0-9 _ -"))
+    steps.append(Step(StepStatus.OK, "uuid", f"{settings.uuid} is well formed"))
     steps += _check_algorithms(settings.sign_algorithms)
     steps.append(_check_store(store))
     steps += _check_clock(settings, now=now, system_now=system_now, reference=reference)
@@ -396,40 +421,34 @@ def check_configuration(
 
 
 def _check_secrets(keys: Sequence[str]) -> list[Step]:
-    if not keys:
-        return [Step(PROBLEM, "secret key", "CALLBOT_SECRET_KEY is not set")]
     steps = []
     for index, key in enumerate(keys):
         name = "secret key" if len(keys) == 1 else f"secret key {index + 1} of {len(keys)}"
-        if not key:
-            steps.append(Step(PROBLEM, name, "empty: every request would be refused"))
-        elif key != key.strip():
-            steps.append(Step(WARN, name, f"{mask_secret(key)} has spaces around it"))
+        if key != key.strip():
+            steps.append(Step(StepStatus.WARN, name, f"{mask_secret(key)} has spaces around it"))
         elif len(key) < _SHORT_SECRET:
             detail = (
                 f"only {len(key)} characters ({mask_secret(key)}); the console's keys are "
                 "32: is it complete? A short key is easy to guess"
             )
-            steps.append(Step(WARN, name, detail))
+            steps.append(Step(StepStatus.WARN, name, detail))
         else:
-            steps.append(Step(OK, name, f"{len(key)} characters ({mask_secret(key)})"))
+            steps.append(Step(StepStatus.OK, name, f"{len(key)} characters ({mask_secret(key)})"))
     return steps
 
 
 def _check_algorithms(algorithms: Sequence[str]) -> list[Step]:
-    if not algorithms:
-        return [Step(PROBLEM, "algorithms", "CALLBOT_SIGN_ALGORITHMS accepts nothing")]
     steps = []
     for name in algorithms:
         try:
             ALGORITHMS[name](b"")
-        except (KeyError, ValueError) as exc:  # ValueError: a FIPS build refusing MD5
-            steps.append(Step(PROBLEM, "algorithm", f"{name} is not usable here: {exc}"))
+        except ValueError as exc:  # a FIPS build refusing MD5
+            steps.append(Step(StepStatus.PROBLEM, "algorithm", f"{name} is not usable here: {exc}"))
         else:
-            steps.append(Step(OK, "algorithm", f"{name} accepted and available"))
+            steps.append(Step(StepStatus.OK, "algorithm", f"{name} accepted and available"))
     if "MD5" not in algorithms:
         detail = "MD5 is not accepted: it is the vendor's default; set the console to SHA-256"
-        steps.append(Step(WARN, "algorithm", detail))
+        steps.append(Step(StepStatus.WARN, "algorithm", detail))
     return steps
 
 
@@ -439,23 +458,25 @@ def _check_store(store: Store) -> Step:
         with store.engine.connect() as conn:
             if not sa.inspect(conn).has_table(schema_version.name):
                 detail = f"{url} reachable; tables not created yet (first use, or init-db)"
-                return Step(OK, "store", detail)
+                return Step(StepStatus.OK, "store", detail)
             version = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
     except sa_exc.SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         if store.engine.url.password:
             reason = reason.replace(str(store.engine.url.password), "***")
-        return Step(PROBLEM, "store", f"{url} unreachable: {type(exc).__name__}: {reason}")
+        return Step(
+            StepStatus.PROBLEM, "store", f"{url} unreachable: {type(exc).__name__}: {reason}"
+        )
     if version is None or version < SCHEMA_VERSION:
         detail = f"{url} at schema version {version}; {SCHEMA_VERSION} is current: run init-db"
-        return Step(WARN, "store", detail)
+        return Step(StepStatus.WARN, "store", detail)
     if version > SCHEMA_VERSION:
         detail = (
             f"{url} at schema version {version}, newer than this flask_callbot "
             f"({SCHEMA_VERSION}): upgrade the package"
         )
-        return Step(PROBLEM, "store", detail)
-    return Step(OK, "store", f"{url} reachable, schema version {version}")
+        return Step(StepStatus.PROBLEM, "store", detail)
+    return Step(StepStatus.OK, "store", f"{url} reachable, schema version {version}")
 
 
 def _check_clock(
@@ -464,19 +485,25 @@ def _check_clock(
     window = f"window {settings.max_age} s back, {settings.max_future_skew} s ahead"
     if system_now < _EARLIEST_PLAUSIBLE:
         detail = f"the system clock says {_utc(system_now)}: it is wrong (is NTP running?)"
-        return [Step(PROBLEM, "clock", detail)]
-    steps = [Step(OK, "clock", f"system {int(system_now)} ({_utc(system_now)}); {window}")]
+        return [Step(StepStatus.PROBLEM, "clock", detail)]
+    steps = [
+        Step(StepStatus.OK, "clock", f"system {int(system_now)} ({_utc(system_now)}); {window}")
+    ]
     if abs(now - system_now) > 1:
         detail = f"the app's clock differs from the system's by {int(now - system_now)} s"
-        steps.append(Step(WARN, "clock", detail + " (an injected clock?)"))
+        steps.append(Step(StepStatus.WARN, "clock", detail + " (an injected clock?)"))
     if reference is not None:
         ahead = int(reference - system_now)  # how far the sender's clock is ahead of ours
         side = "ahead of" if ahead >= 0 else "behind"
         gap = f"the reference {int(reference)} is {abs(ahead)} s {side} the system clock"
         if ahead > settings.max_future_skew or -ahead > settings.max_age:
-            steps.append(Step(PROBLEM, "clock", f"{gap}: its requests fall outside the window"))
+            steps.append(
+                Step(StepStatus.PROBLEM, "clock", f"{gap}: its requests fall outside the window")
+            )
         elif abs(ahead) > 5:
-            steps.append(Step(WARN, "clock", f"{gap}: inside the window, but keep NTP running"))
+            steps.append(
+                Step(StepStatus.WARN, "clock", f"{gap}: inside the window, but keep NTP running")
+            )
         else:
-            steps.append(Step(OK, "clock", gap))
+            steps.append(Step(StepStatus.OK, "clock", gap))
     return steps

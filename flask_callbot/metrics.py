@@ -2,7 +2,8 @@
 
 Each app gets its metrics in a ``CollectorRegistry`` of its own (or the one named by
 ``CALLBOT_METRICS_REGISTRY``), so several apps in one process never clash on metric names.
-prometheus_client is imported only when metrics are enabled: this module imports it lazily.
+prometheus_client is imported only when metrics are enabled: registration imports this module
+only then, and this module imports prometheus_client lazily.
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
 logger = logging.getLogger("flask_callbot")
-
-#: What to install when prometheus_client is missing.
-EXTRA_HINT = "pip install 'flask-callbot[metrics]'"
 
 #: Seconds between the vendor stamping a request (createTs, whole seconds) and its handling.
 LAG_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -95,35 +93,22 @@ class _FailedDeliveries:
 _FAILED_HELP = "Deliveries whose receivers raised, kept as failed (replay them)."
 
 
-def init_metrics(app: Flask) -> Metrics:
-    """Create the app's metrics (at registration, when ``CALLBOT_METRICS`` is true)."""
+def build_metrics(store: Store, registry: CollectorRegistry | None = None) -> Metrics:
+    """An app's metrics, made at registration when ``CALLBOT_METRICS`` is true: on ``registry``
+    (``CALLBOT_METRICS_REGISTRY``), or on a registry of their own."""
     try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        raise ConfigurationError(f"CALLBOT_METRICS needs prometheus_client: {EXTRA_HINT}") from None
-    from prometheus_client import CollectorRegistry
-
-    registry = app.config.get("CALLBOT_METRICS_REGISTRY")
-    if registry is not None and not isinstance(registry, CollectorRegistry):
-        raise ConfigurationError(
-            "CALLBOT_METRICS_REGISTRY must be a prometheus_client CollectorRegistry or None"
-        )
-    state = get_state(app)
-    try:
-        metrics = Metrics(state.store, registry)
+        return Metrics(store, registry)
     except ValueError as exc:  # "Duplicated timeseries": a second app on one registry
         raise ConfigurationError(
             f"CALLBOT_METRICS_REGISTRY already holds flask_callbot's metrics ({exc}); give "
             "each app its own registry (the default)"
         ) from None
-    state.metrics = metrics
-    return metrics
 
 
 def get_registry(app: Flask | None = None) -> CollectorRegistry:
     """The registry holding ``app``'s metrics (default: the current app's)."""
     metrics = get_state(app).metrics
-    if metrics is None:
+    if not isinstance(metrics, Metrics):
         raise ConfigurationError("metrics are off: set CALLBOT_METRICS = True")
     return metrics.registry
 

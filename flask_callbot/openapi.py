@@ -19,7 +19,7 @@ from .errors import CallbotError, ConfigurationError, RequestRejected
 from .events import CallbackKind, TaskStatus
 from .routes import ROUTES, find_prefix
 from .schemas import (
-    NUMBER_STRING,
+    FLOAT_STRING,
     Int64,
     NumberCallbackSchema,
     StatusField,
@@ -37,7 +37,7 @@ EXTRA_HINT = "pip install 'flask-callbot[openapi]'"
 #: Digit strings that surely fit in 64 bits (the receiver also takes longer ones that fit), in
 #: the receiver's own form (:data:`flask_callbot.schemas.INTEGER_STRING`: ASCII, no plus sign).
 _INTEGER_STRING = r"^-?[0-9]{1,18}$"
-_NUMBER_STRING = f"^(?:{NUMBER_STRING})$"
+_FLOAT_STRING = f"^(?:{FLOAT_STRING})$"
 #: Text fields refuse NUL characters (PostgreSQL cannot store them).
 _NO_NUL = "^[^\\u0000]*$"
 
@@ -213,7 +213,7 @@ def _lenient_scalars(self: Any, field: fields.Field[Any], **kwargs: Any) -> dict
             extra["description"] = f"{known}; other values are accepted and kept as integers"
         return extra
     if isinstance(field, fields.Float):
-        return {"type": ["number", "string", *types], "pattern": _NUMBER_STRING}
+        return {"type": ["number", "string", *types], "pattern": _FLOAT_STRING}
     if isinstance(field, fields.Boolean):
         words = field.truthy | field.falsy
         numbers = sorted(w for w in words if isinstance(w, int))

@@ -45,9 +45,9 @@ _PHONE = validate.Length(max=64)
 #: underscores, plus signs or non-ASCII digits (Python's ``int()`` and ``float()`` take all of
 #: those). The OpenAPI document publishes the same forms.
 INTEGER_STRING = r"-?[0-9]+"
-NUMBER_STRING = r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?"
+FLOAT_STRING = r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?"
 _INTEGER_STRING = re.compile(INTEGER_STRING)
-_NUMBER_STRING = re.compile(NUMBER_STRING)
+_FLOAT_STRING = re.compile(FLOAT_STRING)
 # A JSON "\uD800"-"\uDFFF" escape: the only way a lone surrogate gets into the decoded text.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _MISSING_MESSAGES = frozenset(
@@ -72,11 +72,11 @@ class Int64(fields.Integer):
         return super()._validated(value)
 
 
-class Number(fields.Float):
+class FloatField(fields.Float):
     """A finite float, given as a number or a plain decimal string (``"0.5"``, not ``" 1_0"``)."""
 
     def _validated(self, value: Any) -> float:
-        if isinstance(value, str) and not _NUMBER_STRING.fullmatch(value):
+        if isinstance(value, str) and not _FLOAT_STRING.fullmatch(value):
             raise self.make_error("invalid")
         return super()._validated(value)
 
@@ -97,8 +97,8 @@ def _int(key: str) -> Int64:
     return Int64(data_key=key, allow_none=True, load_default=None)
 
 
-def _float(key: str) -> Number:
-    return Number(data_key=key, allow_none=True, load_default=None)
+def _float(key: str) -> FloatField:
+    return FloatField(data_key=key, allow_none=True, load_default=None)
 
 
 def _str(key: str, *, validate: validate.Validator | None = None) -> Text:

@@ -86,6 +86,16 @@ class AuthHeaders:
             algorithm=algorithm,
         )
 
+    def fits(self, algorithm: str) -> bool:
+        """Whether ``sign`` has the length of an ``algorithm`` digest (else it cannot be one)."""
+        return _HEX_LENGTHS[algorithm] == len(self.sign)
+
+    def signed_with(self, secret_key: str, body: bytes, algorithm: str) -> bool:
+        """Whether ``sign`` is one key's signature of ``body`` by one algorithm (compared in
+        constant time, case-insensitive)."""
+        expected = self.expected_sign(secret_key, body, algorithm).encode()
+        return hmac.compare_digest(expected, self.sign.upper().encode())
+
     def as_headers(self) -> dict[str, str]:
         """The headers as the vendor names them, for the delivery record."""
         headers = {
@@ -189,6 +199,16 @@ def check_uuid(received: str, expected: str) -> None:
         raise UnknownAccount("uuid is not this receiver's account")
 
 
+def candidate_algorithms(auth: AuthHeaders, algorithms: Sequence[str]) -> list[str]:
+    """The digests ``sign`` may be made with: the ``algorithm`` header's, which must be among
+    ``algorithms``, or else every one of ``algorithms``."""
+    if auth.algorithm is None:
+        return list(algorithms)
+    if auth.algorithm not in algorithms:
+        raise InvalidSignature(f"algorithm {auth.algorithm} is not allowed here")
+    return [auth.algorithm]
+
+
 def verify_signature(
     auth: AuthHeaders,
     body: bytes,
@@ -202,20 +222,12 @@ def verify_signature(
     otherwise every allowed digest of the signature's length is tried. All candidates are
     compared in constant time, without stopping at the first match.
     """
-    if auth.algorithm is not None:
-        if auth.algorithm not in algorithms:
-            raise InvalidSignature(f"algorithm {auth.algorithm} is not allowed here")
-        candidates = [auth.algorithm]
-    else:
-        candidates = list(algorithms)
-    received = auth.sign.upper().encode()
     matched: str | None = None
-    for algorithm in candidates:
-        if _HEX_LENGTHS[algorithm] != len(received):
+    for algorithm in candidate_algorithms(auth, algorithms):
+        if not auth.fits(algorithm):
             continue
         for key in secret_keys:
-            expected = auth.expected_sign(key, body, algorithm).encode()
-            if hmac.compare_digest(expected, received) and matched is None:
+            if auth.signed_with(key, body, algorithm) and matched is None:
                 matched = algorithm
     if matched is None:
         raise InvalidSignature("signature does not match")

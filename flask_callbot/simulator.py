@@ -23,8 +23,6 @@ import queue
 import random
 import secrets
 import time
-import urllib.error
-import urllib.request
 import uuid as uuid_module
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -37,7 +35,8 @@ from typing import Any
 from .events import CallbackKind, TaskStatus
 from .routes import callback_url
 from .tables import render_table
-from .testing import call_payload, order_payload, serialize, sign_headers, task_payload
+from .testing import call_payload, order_payload, task_payload
+from .wire import HttpReply, post_callback, serialize, sign_headers
 
 #: Intents a call script recognises: (tag, name as the script writes it, level).
 _INTENTS = (
@@ -493,44 +492,6 @@ class Window:
 
     max_age: int = 300
     max_future_skew: int = 60
-
-
-@dataclass(frozen=True, slots=True)
-class HttpReply:
-    """A receiver's answer: the HTTP status and, for a vendor-style JSON reply, its envelope."""
-
-    status: int
-    ret_code: int | None
-    ret_msg: str
-
-    @property
-    def outcome(self) -> str:
-        """``"200/0"``: the HTTP status and retCode (``-`` for a reply without one)."""
-        return f"{self.status}/{'-' if self.ret_code is None else self.ret_code}"
-
-
-def post_callback(url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> HttpReply:
-    """POST one signed body as the vendor does. Raises ``OSError`` when there is no answer."""
-    request = urllib.request.Request(  # noqa: S310 - the URL is checked to be http(s)
-        url, data=body, headers={"Content-Type": "application/json", **headers}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return _reply(response.status, response.read(), response.headers.get_content_type())
-    except urllib.error.HTTPError as error:
-        with error:
-            return _reply(error.code, error.read(), error.headers.get_content_type())
-
-
-def _reply(status: int, data: bytes, content_type: str) -> HttpReply:
-    try:
-        envelope = json.loads(data)
-        ret_code, ret_msg = envelope["retCode"], envelope.get("retMsg", "")
-        if isinstance(ret_code, int) and not isinstance(ret_code, bool):
-            return HttpReply(status, ret_code, str(ret_msg))
-    except (ValueError, TypeError, KeyError):
-        pass
-    return HttpReply(status, None, f"not a vendor-style reply ({content_type}, {len(data)} bytes)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

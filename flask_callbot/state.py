@@ -1,11 +1,17 @@
-"""Per-app state, kept in ``app.extensions["callbot"]`` (never on module globals)."""
+"""Per-app state, kept in ``app.extensions["callbot"]`` (never on module globals).
+
+Registration builds it whole (settings, store, clock, metrics, Celery dispatcher) and it never
+changes after, with one exception: :func:`bind_dispatcher`, for a host that creates its Celery
+app after registering the blueprint (``init_celery``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from flask import Flask, current_app
 
@@ -13,22 +19,25 @@ from .config import Settings
 from .errors import ConfigurationError
 from .store import Store
 
-if TYPE_CHECKING:
-    from .metrics import Metrics
-
 EXTENSION_KEY = "callbot"
 
 
-@dataclass(slots=True)
+class RequestObserver(Protocol):
+    """What the pipeline needs of the metrics (:class:`flask_callbot.metrics.Metrics`)."""
+
+    def observe(self, kind: str, outcome: str, *, latency: float, lag: float | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
 class CallbotState:
     settings: Settings
     store: Store
     #: Seconds since the epoch; injectable so tests can move time.
     clock: Callable[[], float] = field(default=time.time)
-    #: Celery dispatch: publishes a recorded delivery's processing (set by ``init_celery``).
+    #: Celery dispatch: publishes a recorded delivery's processing (see ``init_celery``).
     enqueue: Callable[[str], None] | None = None
-    #: ``CALLBOT_METRICS``: the app's Prometheus metrics (set by ``init_metrics``).
-    metrics: Metrics | None = None
+    #: ``CALLBOT_METRICS``: the app's Prometheus metrics.
+    metrics: RequestObserver | None = None
 
 
 def current_flask_app() -> Flask:
@@ -45,6 +54,13 @@ def get_state(app: Flask | None = None) -> CallbotState:
             "flask_callbot is not set up on this app: register create_blueprint() first"
         )
     return state
+
+
+def bind_dispatcher(app: Flask, enqueue: Callable[[str], None]) -> None:
+    """Give a registered app its Celery dispatcher: the one change to the state after
+    registration (``init_celery`` called by a host whose Celery app came later). The state is
+    replaced, not mutated: a request already running keeps the one it started with."""
+    app.extensions[EXTENSION_KEY] = dataclasses.replace(get_state(app), enqueue=enqueue)
 
 
 def get_store(app: Flask | None = None) -> Store:

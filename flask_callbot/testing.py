@@ -11,21 +11,24 @@ The pytest plugin (:mod:`flask_callbot.pytest_plugin`) wraps these as fixtures.
 
 from __future__ import annotations
 
-import json
 import time
-import uuid as uuid_module
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from blinker import ANY, NamedSignal
 
 from . import signals as _signals
 from .events import CallbackKind
 from .routes import ROUTES, find_prefix
-from .signing import compute_signature
 from .state import get_state
+
+# The wire helpers are part of the testing helpers' public API: tests sign and serialise with them.
+from .wire import SERIALIZATIONS as SERIALIZATIONS
+from .wire import Serialization as Serialization
+from .wire import serialize as serialize
+from .wire import sign_headers as sign_headers
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -34,59 +37,6 @@ if TYPE_CHECKING:
 
 #: Every signal flask_callbot sends.
 ALL_SIGNALS = tuple(value for value in vars(_signals).values() if isinstance(value, NamedSignal))
-
-Serialization = Literal["python", "compact"]
-#: The ways the vendor is known to write a body: its Python sample, and its Go server.
-SERIALIZATIONS: tuple[Serialization, ...] = ("python", "compact")
-
-
-def serialize(payload: Mapping[str, Any], style: str = "python") -> bytes:
-    """The body bytes for ``payload`` as one of the vendor's senders writes them.
-
-    ``"python"``: ``json.dumps(payload)``, as the vendor's Python sample signs and sends it
-    (``", "`` and ``": "`` separators, non-ASCII escaped). ``"compact"``: no spaces, raw UTF-8,
-    as its Go server writes. A receiver must verify the bytes it got, so sign and send the same.
-    """
-    if style == "python":
-        return json.dumps(payload).encode()
-    if style == "compact":
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    raise ValueError(f"unknown serialization {style!r}: use one of {', '.join(SERIALIZATIONS)}")
-
-
-def sign_headers(
-    body: bytes,
-    *,
-    secret_key: str,
-    uuid: str,
-    algorithm: str = "MD5",
-    request_id: str | None = None,
-    create_ts: int | str | None = None,
-    algorithm_header: bool = False,
-) -> dict[str, str]:
-    """The four auth headers the vendor sends with ``body`` (plus ``algorithm`` if asked).
-
-    ``request_id`` defaults to a fresh random id and ``create_ts`` to now. Post ``body`` itself
-    (``data=body``), never a re-serialisation of it, or the signature will not match.
-    """
-    request_id = request_id or uuid_module.uuid4().hex
-    create_ts = str(int(time.time()) if create_ts is None else create_ts)
-    headers = {
-        "requestID": request_id,
-        "uuid": uuid,
-        "createTs": create_ts,
-        "sign": compute_signature(
-            secret_key,
-            body,
-            create_ts=create_ts,
-            request_id=request_id,
-            uuid=uuid,
-            algorithm=algorithm,
-        ),
-    }
-    if algorithm_header:
-        headers["algorithm"] = algorithm.upper()
-    return headers
 
 
 def task_payload(**overrides: Any) -> dict[str, Any]:
@@ -123,7 +73,7 @@ def order_payload(**overrides: Any) -> dict[str, Any]:
     script's params. Keyword arguments replace top-level keys (``callInfoDetail`` as a whole);
     edit the returned dict for anything nested.
     """
-    payload = _number_payload(callback_type=2, call_page=False)
+    payload = _order_call_payload(callback_type=2, call_page=False)
     payload.update(overrides)
     return payload
 
@@ -133,12 +83,12 @@ def call_payload(**overrides: Any) -> dict[str, Any]:
 
     The same shape as :func:`order_payload`; keyword arguments replace top-level keys.
     """
-    payload = _number_payload(callback_type=3, call_page=True)
+    payload = _order_call_payload(callback_type=3, call_page=True)
     payload.update(overrides)
     return payload
 
 
-def _number_payload(*, callback_type: int, call_page: bool) -> dict[str, Any]:
+def _order_call_payload(*, callback_type: int, call_page: bool) -> dict[str, Any]:
     detail: dict[str, Any] = {
         "callID": "call-0001",
         "callStatus": 1,

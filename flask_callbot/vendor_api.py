@@ -46,7 +46,7 @@ from .signing import (
     parse_auth_headers,
     verify_signature,
 )
-from .testing import serialize, sign_headers
+from .wire import serialize, sign_headers
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

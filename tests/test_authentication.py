@@ -13,6 +13,7 @@ from flask_callbot.errors import (
 )
 from flask_callbot.signing import (
     AuthHeaders,
+    candidate_algorithms,
     check_timestamp,
     check_uuid,
     compute_signature,
@@ -114,6 +115,22 @@ def test_wrong_secret_fails() -> None:
     auth = auth_for(COMPACT, "MD5", key="another")
     with pytest.raises(InvalidSignature):
         verify_signature(auth, COMPACT, secret_keys=[SECRET], algorithms=BOTH)
+
+
+def test_the_steps_of_verification_that_diagnostics_reports() -> None:
+    """verify_signature is made of these; ``flask callbot verify`` reports each one."""
+    auth = auth_for(COMPACT, "SHA256")
+    assert candidate_algorithms(auth, BOTH) == ["MD5", "SHA256"]
+    assert candidate_algorithms(auth_for(COMPACT, "MD5", header=True), BOTH) == ["MD5"]
+    with pytest.raises(InvalidSignature, match="algorithm MD5 is not allowed here"):
+        candidate_algorithms(auth_for(COMPACT, "MD5", header=True), ("SHA256",))
+    assert (auth.fits("MD5"), auth.fits("SHA256")) == (False, True)
+    assert auth.signed_with(SECRET, COMPACT, "SHA256")
+    lower = AuthHeaders(REQUEST_ID, UUID, CREATE_TS, auth.sign.lower())
+    assert lower.signed_with(SECRET, COMPACT, "SHA256")
+    assert not auth.signed_with("another", COMPACT, "SHA256")
+    assert not auth.signed_with(SECRET, SPACED, "SHA256")
+    assert not auth.signed_with(SECRET, COMPACT, "MD5")
 
 
 def good_headers(**overrides: str) -> dict[str, str]:

@@ -74,6 +74,27 @@ def test_registration_binds_the_flask_docs_celery_app(tmp_path: Path) -> None:
     get_store(app).dispose()
 
 
+def test_init_celery_after_registration_gives_the_state_its_dispatcher(
+    make_app: Callable[..., Flask],
+) -> None:
+    """For a Celery app made after the blueprint: the one change to a registered app's state,
+    made by replacing it (a request already running keeps the state it began with)."""
+    app = make_app(CALLBOT_DISPATCH="celery")
+    before = app.extensions["callbot"]
+    assert before.enqueue is None
+    celery = Celery("late", broker="redis://127.0.0.1:1/0")  # never connected here
+    init_celery(app, celery)
+    after = app.extensions["callbot"]
+    assert {PROCESS_TASK, SWEEP_TASK} <= set(celery.tasks)
+    assert after.enqueue is not None
+    assert before.enqueue is None
+    assert (after.settings, after.store, after.clock) == (
+        before.settings,
+        before.store,
+        before.clock,
+    )
+
+
 def test_init_celery_needs_a_celery_app(make_app: Callable[..., Flask]) -> None:
     with pytest.raises(ConfigurationError, match="needs a Celery app"):
         init_celery(make_app())

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask import Flask
+from prometheus_client import CollectorRegistry
 
 from flask_callbot import ConfigurationError, create_blueprint
+from flask_callbot.config import load_settings
 from flask_callbot.state import get_state
 from flask_callbot.testing import record_signals, task_payload
 
@@ -67,6 +72,36 @@ def test_default_store_is_sqlite_in_the_instance_folder(tmp_path: Any) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
     store.dispose()
+
+
+def test_every_key_is_read_into_the_settings(tmp_path: Any) -> None:
+    """The registration reads nothing but the settings: the store's default and the metrics
+    registry are decided there too."""
+    credentials = {"CALLBOT_SECRET_KEY": SECRET, "CALLBOT_UUID": UUID}
+    default = load_settings(credentials, str(tmp_path))
+    assert default.database_url_is_default
+    assert default.database_url == f"sqlite:///{tmp_path / 'callbot.sqlite3'}"
+    assert (default.metrics, default.metrics_registry) == (False, None)
+    registry = CollectorRegistry()
+    config = {
+        **credentials,
+        "CALLBOT_DATABASE_URL": "sqlite://",
+        "CALLBOT_METRICS": True,
+        "CALLBOT_METRICS_REGISTRY": registry,
+    }
+    given = load_settings(config, str(tmp_path))
+    assert (given.database_url, given.database_url_is_default) == ("sqlite://", False)
+    assert given.metrics_registry is registry
+    off = load_settings({**config, "CALLBOT_METRICS": False}, str(tmp_path))
+    assert off.metrics_registry is None
+
+
+def test_the_state_is_built_whole_and_never_changed(make_app: Callable[..., Flask]) -> None:
+    state = get_state(make_app(CALLBOT_METRICS=True))
+    assert state.metrics is not None
+    assert state.enqueue is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.clock = time.time  # type: ignore[misc]
 
 
 def test_sqlite_synchronous_can_be_full(tmp_path: Any) -> None:

@@ -17,7 +17,6 @@ from flask_callbot.schemas import build_event, decode_body
 from flask_callbot.simulator import (
     Campaign,
     Delivery,
-    HttpReply,
     Result,
     Role,
     Summary,
@@ -26,6 +25,7 @@ from flask_callbot.simulator import (
     run_campaign,
 )
 from flask_callbot.testing import SentSignal, serialize
+from flask_callbot.wire import HttpReply
 
 from support import NOW, SECRET, UUID, Clock, serve, stored_count
 
