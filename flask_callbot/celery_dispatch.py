@@ -13,7 +13,7 @@ import logging
 from celery import Celery, Task
 from flask import Flask
 
-from .dispatch import QueuedResult, process_queued
+from .dispatch import WorkerResult, process_queued
 from .errors import ConfigurationError
 from .state import get_state
 
@@ -42,7 +42,7 @@ def init_celery(app: Flask, celery_app: Celery | None = None) -> None:
         with app.app_context():
             result = process_queued(app, request_id, final=final)
         logger.info("callbot: worker %s request_id=%s", result.value, request_id)
-        if result is QueuedResult.RETRY:
+        if result is WorkerResult.RETRYING:
             countdown = retry_countdown(
                 task.request.retries,
                 settings.celery_retry_backoff,

@@ -24,7 +24,7 @@ from .openapi import build_openapi
 from .routes import callback_url, split_callback_url
 from .simulator import Result, Window, build_campaign, post_callback, run_campaign
 from .state import current_flask_app, get_state
-from .store import Outcome, Store, StoredDelivery, TaskState
+from .store import DeliveryState, Store, StoredDelivery, TaskState
 from .testing import (
     SERIALIZATIONS,
     call_payload,
@@ -90,7 +90,9 @@ def _moment(value: datetime | timedelta | None) -> datetime | None:
 
 @click.command("events")
 @with_appcontext
-@click.option("--outcome", type=click.Choice([o.value for o in Outcome]), help="Only this outcome.")
+@click.option(
+    "--outcome", type=click.Choice([o.value for o in DeliveryState]), help="Only this outcome."
+)
 @click.option("--task", "task_id", help="Only deliveries of this taskID.")
 @click.option("--kind", type=click.Choice([k.value for k in CallbackKind]), help="Only this kind.")
 @click.option(
@@ -108,7 +110,7 @@ def events(
 ) -> None:
     """List recorded deliveries, newest first."""
     rows = _store().list_deliveries(
-        outcome=Outcome(outcome) if outcome else None,
+        outcome=DeliveryState(outcome) if outcome else None,
         task_id=task_id,
         kind=CallbackKind(kind) if kind else None,
         since=_moment(since),

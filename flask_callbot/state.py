@@ -11,7 +11,7 @@ from flask import Flask, current_app
 
 from .config import Settings
 from .errors import ConfigurationError
-from .store import Store
+from .store import Store, StoreReader
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -47,6 +47,7 @@ def get_state(app: Flask | None = None) -> CallbotState:
     return state
 
 
-def get_store(app: Flask | None = None) -> Store:
-    """The store of ``app`` (default: the current app): ask it about tasks, orders, deliveries."""
-    return get_state(app).store
+def get_store(app: Flask | None = None) -> StoreReader:
+    """The store of ``app`` (default: the current app), read-only: ask it about tasks, orders,
+    deliveries. Writing is the pipeline's, the dispatchers' and the CLI's (``get_state``)."""
+    return get_state(app).store.reader
