@@ -31,7 +31,7 @@ from flask import Flask
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from apps import callbot_app, floor_app, order_body, peer_app, signed, task_body
 
-from flask_callbot import get_store
+from flask_callbot.state import get_state
 
 Request = tuple[str, bytes, dict[str, str]]
 
@@ -86,7 +86,7 @@ def median_of(rounds: int, measure: Callable[[int], float]) -> float:
 
 def seed_tasks(app: Flask, count: int) -> None:
     """Store ``count`` tasks directly (the bench is about requests, not about loading)."""
-    store = get_store(app)
+    store = get_state(app).store
     store.create_schema()
     rows = (
         {"task_id": f"task-{n}", "user_task_id": "campaign", "status": 2, "status_request_ts": 0}

@@ -33,13 +33,13 @@ from flask_callbot import (
     Event,
     Intent,
     OrderState,
+    StoreReader,
     TaskEvent,
     TaskState,
     TaskStatus,
     get_store,
     signals,
 )
-from flask_callbot.store import Store
 
 EXTENSION_KEY = "example_dashboard"
 
@@ -242,7 +242,9 @@ def _context(*, latest: int, tasks: int) -> dict[str, Any]:
     }
 
 
-def _task_row(store: Store, task: TaskState, received: Counter[tuple[str, str]]) -> dict[str, Any]:
+def _task_row(
+    store: StoreReader, task: TaskState, received: Counter[tuple[str, str]]
+) -> dict[str, Any]:
     stats = task.stats
     history = store.list_deliveries(task_id=task.task_id, kind=CallbackKind.TASK, limit=200)
     timeline = [
@@ -261,7 +263,7 @@ def _task_row(store: Store, task: TaskState, received: Counter[tuple[str, str]])
     }
 
 
-def _latest_orders(store: Store, latest: int) -> list[OrderState]:
+def _latest_orders(store: StoreReader, latest: int) -> list[OrderState]:
     """The orders of the newest order deliveries, as the store knows them now (newest first)."""
     seen: set[tuple[str, str]] = set()
     rows: list[OrderState] = []

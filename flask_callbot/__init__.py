@@ -52,7 +52,7 @@ from .signals import (
     task_status_changed,
 )
 from .state import get_store
-from .store import OrderState, Outcome, StoredDelivery, TaskState
+from .store import DeliveryState, OrderState, StoredDelivery, StoreReader, TaskState
 
 __all__ = [
     "Agent",
@@ -62,6 +62,7 @@ __all__ = [
     "CallbotError",
     "ConfigurationError",
     "DeliveryInProgress",
+    "DeliveryState",
     "Event",
     "Intent",
     "InvalidAuthHeader",
@@ -72,13 +73,13 @@ __all__ = [
     "MissingField",
     "OrderEvent",
     "OrderState",
-    "Outcome",
     "Param",
     "PayloadTooLarge",
     "ReceiverFailed",
     "RequestIdReused",
     "RequestRejected",
     "Sms",
+    "StoreReader",
     "StoreUnavailable",
     "StoredDelivery",
     "TaskEvent",

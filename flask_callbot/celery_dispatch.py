@@ -15,7 +15,7 @@ from celery import Celery, Task
 from flask import Flask
 
 from .config import Settings
-from .dispatch import QueuedResult, process_queued
+from .dispatch import WorkerResult, process_queued
 from .errors import ConfigurationError
 from .state import bind_dispatcher, get_state
 
@@ -53,7 +53,7 @@ def register_tasks(
         with app.app_context():
             result = process_queued(app, request_id, final=final)
         logger.info("callbot: worker %s request_id=%s", result.value, request_id)
-        if result is QueuedResult.RETRY:
+        if result is WorkerResult.RETRYING:
             countdown = retry_countdown(
                 task.request.retries,
                 settings.celery_retry_backoff,

@@ -18,7 +18,7 @@ from .dispatch import replay
 from .errors import ConfigurationError, DeliveryInProgress, ReceiverFailed
 from .events import CallbackKind, TaskStatus
 from .state import current_flask_app, get_state
-from .store import Outcome, Store, StoredDelivery, TaskState
+from .store import DeliveryState, Store, StoredDelivery, TaskState
 from .tables import render_table
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -97,7 +97,9 @@ def _moment(value: datetime | timedelta | None) -> datetime | None:
 
 @click.command("events")
 @with_appcontext
-@click.option("--outcome", type=click.Choice([o.value for o in Outcome]), help="Only this outcome.")
+@click.option(
+    "--outcome", type=click.Choice([o.value for o in DeliveryState]), help="Only this outcome."
+)
 @click.option("--task", "task_id", help="Only deliveries of this taskID.")
 @click.option("--kind", type=click.Choice([k.value for k in CallbackKind]), help="Only this kind.")
 @click.option(
@@ -115,7 +117,7 @@ def events(
 ) -> None:
     """List recorded deliveries, newest first."""
     rows = _store().list_deliveries(
-        outcome=Outcome(outcome) if outcome else None,
+        outcome=DeliveryState(outcome) if outcome else None,
         task_id=task_id,
         kind=CallbackKind(kind) if kind else None,
         since=_moment(since),

@@ -65,16 +65,16 @@ def process(app: Flask, event: Event, transition: Transition | None) -> None:
     _finish(state, event.request_id)
 
 
-class QueuedResult(StrEnum):
-    """What a Celery worker's attempt at a queued delivery came to."""
+class WorkerResult(StrEnum):
+    """What a Celery worker's attempt at a delivery came to (logged as ``worker <value>``)."""
 
     PROCESSED = "processed"
-    RETRY = "retry"  # receivers raised; queued again for a later attempt
+    RETRYING = "retrying"  # receivers raised; queued again for a later attempt
     FAILED = "failed"  # receivers raised on the last allowed attempt
     SKIPPED = "skipped"  # another worker holds it, or it is already done
 
 
-def process_queued(app: Flask, request_id: str, *, final: bool) -> QueuedResult:
+def process_queued(app: Flask, request_id: str, *, final: bool) -> WorkerResult:
     """A Celery worker's attempt: claim the delivery, send its signals, record the outcome.
 
     The claim makes a message delivered twice (a broker redelivery, a sweep) run once. When
@@ -86,18 +86,18 @@ def process_queued(app: Flask, request_id: str, *, final: bool) -> QueuedResult:
         request_id, now=state.clock(), lease=state.settings.processing_timeout
     )
     if delivery is None:
-        return QueuedResult.SKIPPED
+        return WorkerResult.SKIPPED
     event = load_event(delivery)
     try:
         send_signals(app, event, delivery.transition)
     except ReceiverFailed as exc:
         if final:
             _finish(state, request_id, error=exc.message)
-            return QueuedResult.FAILED
+            return WorkerResult.FAILED
         state.store.requeue(request_id, now=state.clock(), error=exc.message)
-        return QueuedResult.RETRY
+        return WorkerResult.RETRYING
     _finish(state, request_id)
-    return QueuedResult.PROCESSED
+    return WorkerResult.PROCESSED
 
 
 def replay(app: Flask, request_id: str) -> StoredDelivery:

@@ -38,7 +38,7 @@ from .signing import (
     verify_signature,
 )
 from .state import CallbotState, get_state
-from .store import ClaimResult, NewDelivery
+from .store import ClaimVerdict, NewDelivery
 
 logger = logging.getLogger("flask_callbot")
 
@@ -58,15 +58,15 @@ class Reply:
         return {"retCode": self.ret_code, "retMsg": self.ret_msg, "responseID": self.response_id}
 
 
-class RequestOutcome(StrEnum):
-    """How a request ended, as logged and counted (``callbot_deliveries_total{outcome}``)."""
+class RequestResult(StrEnum):
+    """How a request ended, logged as ``outcome=`` and counted (``callbot_deliveries_total``)."""
 
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     STALE = "stale"
-    QUEUED = "queued"
-    ALREADY_QUEUED = "already_queued"
-    IN_PROGRESS = "in_progress"
+    ENQUEUED = "enqueued"  # Celery dispatch: recorded and handed to the broker
+    ALREADY_ENQUEUED = "already_enqueued"  # Celery dispatch: accepted earlier, still queued
+    BUSY = "busy"  # another worker holds the same requestID: 409, retCode 7
     REJECTED = "rejected"
     RECEIVER_FAILED = "receiver_failed"
     STORE_UNAVAILABLE = "store_unavailable"
@@ -74,17 +74,19 @@ class RequestOutcome(StrEnum):
     ERROR = "error"  # an unexpected exception: a bug; Flask answers 500
 
 
-_ERROR_OUTCOMES: Mapping[type[CallbotError], RequestOutcome] = {
-    DeliveryInProgress: RequestOutcome.IN_PROGRESS,
-    ReceiverFailed: RequestOutcome.RECEIVER_FAILED,
-    StoreUnavailable: RequestOutcome.STORE_UNAVAILABLE,
-    QueueUnavailable: RequestOutcome.QUEUE_UNAVAILABLE,
+_ERROR_OUTCOMES: Mapping[type[CallbotError], RequestResult] = {
+    DeliveryInProgress: RequestResult.BUSY,
+    ReceiverFailed: RequestResult.RECEIVER_FAILED,
+    StoreUnavailable: RequestResult.STORE_UNAVAILABLE,
+    QueueUnavailable: RequestResult.QUEUE_UNAVAILABLE,
 }
 
 
 @dataclass(slots=True)
-class _Result:
-    outcome: RequestOutcome
+class _Observation:
+    """What :func:`observe` reports about one request, filled in as the request goes."""
+
+    outcome: RequestResult
     reason: str | None = None
     detail: str | None = None
     #: Set once the request proved authentic: its createTs gives the delivery lag.
@@ -96,10 +98,10 @@ class _Result:
 Body = bytes | Callable[[], bytes]
 
 _LOG_LEVELS = {
-    RequestOutcome.RECEIVER_FAILED: logging.WARNING,
-    RequestOutcome.STORE_UNAVAILABLE: logging.WARNING,
-    RequestOutcome.QUEUE_UNAVAILABLE: logging.WARNING,
-    RequestOutcome.ERROR: logging.ERROR,
+    RequestResult.RECEIVER_FAILED: logging.WARNING,
+    RequestResult.STORE_UNAVAILABLE: logging.WARNING,
+    RequestResult.QUEUE_UNAVAILABLE: logging.WARNING,
+    RequestResult.ERROR: logging.ERROR,
 }
 
 
@@ -111,7 +113,7 @@ def handle(app: Flask, kind: CallbackKind, body: Body, headers: Headers) -> Repl
     """
     started = time.perf_counter()
     state = get_state(app)
-    result = _Result(RequestOutcome.ERROR)
+    result = _Observation(RequestResult.ERROR)
     try:
         raw = body if isinstance(body, bytes) else body()
         auth = authenticate(state, raw, headers)
@@ -121,11 +123,11 @@ def handle(app: Flask, kind: CallbackKind, body: Body, headers: Headers) -> Repl
         )
         reply = _record_and_dispatch(app, state, kind, auth, raw, event, result)
     except RequestRejected as exc:
-        result.outcome = RequestOutcome.REJECTED
+        result.outcome = RequestResult.REJECTED
         result.reason, result.detail = exc.reason, exc.message
         reply = reject(app, exc, headers)
     except CallbotError as exc:
-        result.outcome = _ERROR_OUTCOMES.get(type(exc), RequestOutcome.ERROR)
+        result.outcome = _ERROR_OUTCOMES.get(type(exc), RequestResult.ERROR)
         result.reason = exc.reason
         # A receiver's exception text is the host's (it may quote the event): not logged here;
         # dispatch logged its traceback. Our own messages are fixed strings.
@@ -142,7 +144,7 @@ def observe(
     state: CallbotState,
     kind: CallbackKind,
     headers: Headers,
-    result: _Result,
+    result: _Observation,
     reply: Reply | None,
     started: float,
 ) -> None:
@@ -238,7 +240,7 @@ def _record_and_dispatch(
     auth: AuthHeaders,
     body: bytes,
     event: Event,
-    result: _Result,
+    result: _Observation,
 ) -> Reply:
     queued = state.settings.queued
     claim = state.store.record(
@@ -254,21 +256,21 @@ def _record_and_dispatch(
         lease=state.settings.processing_timeout,
         queue=queued,
     )
-    if claim.result is ClaimResult.DUPLICATE:
-        result.outcome = RequestOutcome.DUPLICATE
+    if claim.verdict is ClaimVerdict.DUPLICATE:
+        result.outcome = RequestResult.DUPLICATE
         return Reply(200, 0, "duplicate delivery: already processed")
-    if claim.result is ClaimResult.IN_PROGRESS:
+    if claim.verdict is ClaimVerdict.BUSY:
         raise DeliveryInProgress(f"requestID {auth.request_id} is being processed; retry later")
-    if claim.result is ClaimResult.QUEUED:
-        result.outcome = RequestOutcome.ALREADY_QUEUED
+    if claim.verdict is ClaimVerdict.ACCEPTED_EARLIER:
+        result.outcome = RequestResult.ALREADY_ENQUEUED
         return Reply(200, 0, "already queued")
     if queued:
         enqueue(state, auth.request_id)
-        result.outcome = RequestOutcome.QUEUED
+        result.outcome = RequestResult.ENQUEUED
         return Reply(200, 0, "queued")
     process(app, event, claim.transition)
     if claim.transition is not None and not claim.transition.applied:
-        result.outcome = RequestOutcome.STALE
+        result.outcome = RequestResult.STALE
         return Reply(200, 0, "stale update: recorded, not applied")
-    result.outcome = RequestOutcome.ACCEPTED
+    result.outcome = RequestResult.ACCEPTED
     return Reply(200, 0, "success")

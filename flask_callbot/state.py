@@ -17,7 +17,7 @@ from flask import Flask, current_app
 
 from .config import Settings
 from .errors import ConfigurationError
-from .store import Store
+from .store import Store, StoreReader
 
 EXTENSION_KEY = "callbot"
 
@@ -63,6 +63,7 @@ def bind_dispatcher(app: Flask, enqueue: Callable[[str], None]) -> None:
     app.extensions[EXTENSION_KEY] = dataclasses.replace(get_state(app), enqueue=enqueue)
 
 
-def get_store(app: Flask | None = None) -> Store:
-    """The store of ``app`` (default: the current app): ask it about tasks, orders, deliveries."""
-    return get_state(app).store
+def get_store(app: Flask | None = None) -> StoreReader:
+    """The store of ``app`` (default: the current app), read-only: ask it about tasks, orders,
+    deliveries. Writing is the pipeline's, the dispatchers' and the CLI's (``get_state``)."""
+    return get_state(app).store.reader

@@ -8,6 +8,7 @@ store. Every process appends the signals it sends, with its pid, to one log file
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_callbot import get_store
+from flask_callbot.state import get_state
 from flask_callbot.testing import CallbotClient, record_signals, task_payload
 
 from support import SECRET, UUID, CuttableLink, assert_reply, order_call_payload
@@ -118,7 +120,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         worker.wait()
     worker_log.close()
     for web in webs:
-        get_store(web).dispose()
+        get_state(web).store.dispose()
         web.extensions["celery"].close()
 
 
@@ -170,13 +172,21 @@ def test_replies_at_once_and_signals_fire_in_the_worker(deployment: Deployment) 
     assert deployment.worker.pid not in pids  # prefork: the worker's child processes
 
 
-def test_a_duplicate_of_a_queued_delivery_is_acknowledged(deployment: Deployment) -> None:
+def test_a_duplicate_of_a_queued_delivery_is_acknowledged(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
     web = deployment.make_web()
     request_id = unique("dup")
     payload = task_payload(taskID=unique("T"), taskStatus=1)
+    caplog.set_level(logging.INFO, logger="flask_callbot")
     assert_reply(post(web, "task", payload, request_id), 200, 0)
     again = assert_reply(post(web, "task", payload, request_id), 200, 0)
     assert again["retMsg"] in {"already queued", "duplicate delivery: already processed"}
+    outcomes = [r.callbot["outcome"] for r in caplog.records if hasattr(r, "callbot")]
+    assert outcomes[0] == "enqueued"
+    assert outcomes[1] == (
+        "already_enqueued" if again["retMsg"] == "already queued" else "duplicate"
+    )
     wait_for(web, request_id, "processed")
     assert_reply(post(web, "task", payload, request_id), 200, 0)
     time.sleep(0.5)
@@ -190,6 +200,9 @@ def test_a_failing_receiver_is_retried_then_succeeds(deployment: Deployment) -> 
     assert_reply(post(web, "task", payload, request_id), 200, 0)
     delivery = wait_for(web, request_id, "processed")
     assert (delivery.attempts, delivery.error) == (2, None)
+    # Logged before the retry is scheduled, so before the second attempt marks it processed.
+    worker_log = (deployment.log_path.parent / "worker.log").read_text()
+    assert f"callbot: worker retrying request_id={request_id}" in worker_log
     # The failing receiver is the callback-received recorder: it raised before writing the
     # first time, so the later signals of that attempt are logged too.
     assert deployment.signals_for(request_id) == {

@@ -13,6 +13,7 @@ from flask import Flask
 
 from flask_callbot import ConfigurationError, create_blueprint, get_store
 from flask_callbot.celery_dispatch import PROCESS_TASK, SWEEP_TASK, init_celery, retry_countdown
+from flask_callbot.state import get_state
 from flask_callbot.testing import record_signals, task_payload
 
 from support import Sender, assert_reply
@@ -71,7 +72,7 @@ def test_registration_binds_the_flask_docs_celery_app(tmp_path: Path) -> None:
     app.register_blueprint(create_blueprint())
     assert {PROCESS_TASK, SWEEP_TASK} <= set(celery.tasks)
     assert app.extensions["callbot"].enqueue is not None
-    get_store(app).dispose()
+    get_state(app).store.dispose()
 
 
 def test_init_celery_after_registration_gives_the_state_its_dispatcher(

@@ -21,6 +21,7 @@ RUNTIME = {
     "dispatch",
     "errors",
     "events",
+    "ordering",
     "pipeline",
     "routes",
     "schemas",

@@ -91,6 +91,26 @@ def test_a_receiver_failure_is_a_warning_line_without_its_message(
     assert "the CRM is down" not in record.getMessage()  # the host's text: in its traceback
 
 
+def test_a_delivery_held_by_another_worker_is_busy(
+    app: Flask, sender: Sender, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="flask_callbot")
+    again: list[Any] = []
+
+    def redeliver(sender_app: Any, **extra: Any) -> None:  # while the first one is held
+        again.append(sender.post("task", task_payload(), request_id="held"))
+
+    signals.callback_received.connect(redeliver, app, weak=False)
+    try:
+        assert_reply(sender.post("task", task_payload(), request_id="held"), 200, 0)
+    finally:
+        signals.callback_received.disconnect(redeliver, app)
+    assert_reply(again[0], 409, 7)
+    busy, accepted = (r.callbot for r in lines(caplog))  # type: ignore[attr-defined]
+    assert (busy["outcome"], busy["http_status"], busy["ret_code"]) == ("busy", 409, 7)
+    assert accepted["outcome"] == "accepted"
+
+
 def test_queue_unavailable_is_its_own_outcome(
     make_app: Callable[..., Flask], clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -10,6 +10,7 @@ from click.testing import Result
 from flask import Flask
 
 from flask_callbot import StoreUnavailable, TaskStatus, get_store, signals
+from flask_callbot.state import get_state
 from flask_callbot.testing import SentSignal, task_payload
 
 from support import NOW, Clock, Sender, assert_reply, names, order_call_payload
@@ -229,7 +230,7 @@ def test_prune_keeps_failed_unless_asked(
 def test_prune_in_batches(app: Flask, sender: Sender, clock: Clock) -> None:
     for number in range(5):
         sender.post("order", order_call_payload(orderID=f"o{number}"), request_id=f"o-{number}")
-    store = get_store(app)
+    store = get_state(app).store
     cutoff = datetime.fromtimestamp(NOW + 1, UTC)
     assert store.count_prunable(before=cutoff) == 5
     assert list(store.prune(before=cutoff, batch_size=2)) == [2, 2, 1]
@@ -246,7 +247,7 @@ def test_init_db_reports_the_schema_version(app: Flask) -> None:
 def test_init_db_upgrades_version_1_tables(app: Flask, sender: Sender) -> None:
     """Tables written by schema version 1 (no enqueued_at) are upgraded in place, data kept."""
     sender.post("task", task_payload(), request_id="kept")
-    store = get_store(app)
+    store = get_state(app).store
     with store.engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE callbot_deliveries DROP COLUMN enqueued_at")
         conn.exec_driver_sql("UPDATE callbot_schema_version SET version = 1")
@@ -261,7 +262,7 @@ def test_init_db_upgrades_version_1_tables(app: Flask, sender: Sender) -> None:
 
 
 def test_a_newer_schema_is_refused(app: Flask, sender: Sender) -> None:
-    store = get_store(app)
+    store = get_state(app).store
     store.create_schema()
     with store.engine.begin() as conn:
         conn.exec_driver_sql(

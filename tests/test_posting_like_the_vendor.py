@@ -14,6 +14,7 @@ from flask_callbot import get_store as store_of
 from flask_callbot.events import CallbackKind
 from flask_callbot.routes import ROUTES, callback_url, find_prefix, split_callback_url
 from flask_callbot.schemas import build_event, decode_body
+from flask_callbot.state import get_state
 from flask_callbot.testing import (
     CallbotClient,
     SentSignal,
@@ -161,7 +162,7 @@ def test_for_app_reads_prefix_first_key_and_clock(tmp_path: Any) -> None:
     assert client.url("order") == "/hooks/api/v3/orderCallback"
     assert_reply(client.post("task", task_payload(), request_id="p"), 200, 0)
     assert store_of(app).get_delivery("p").request_ts == NOW + 5
-    store_of(app).dispose()
+    get_state(app).store.dispose()
 
 
 def test_for_app_needs_the_blueprint(tmp_path: Any) -> None:
@@ -182,7 +183,7 @@ def test_find_prefix_ignores_lookalike_routes(tmp_path: Any) -> None:
     )
     app.register_blueprint(create_blueprint(), url_prefix="/z")
     assert find_prefix(app) == "/z"
-    store_of(app).dispose()
+    get_state(app).store.dispose()
 
 
 @pytest.mark.parametrize(

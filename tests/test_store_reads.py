@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from flask_callbot import TaskStatus, get_store
+from flask_callbot import DeliveryState, StoreReader, TaskStatus, get_store
+from flask_callbot.state import get_state
 from flask_callbot.testing import task_payload
 
 from support import Sender, assert_reply
@@ -21,10 +22,11 @@ def test_a_read_does_not_wait_for_a_writer(
     client = Sender(app.test_client(), sender.clock)
     assert_reply(client.post("task", task_payload(taskStatus=5), request_id="r"), 200, 0)
     store = get_store(app)
+    database = get_state(app).store.db
     holding, release = threading.Event(), threading.Event()
 
     def writer() -> None:
-        with store._transaction() as conn:  # holds the write turn and lock
+        with database.writing() as conn:  # holds the write turn and lock
             conn.exec_driver_sql("UPDATE callbot_tasks SET scene_id = 'busy'")
             holding.set()
             release.wait(10)
@@ -44,3 +46,36 @@ def test_a_read_does_not_wait_for_a_writer(
     assert task.scene_id == "S7"  # the snapshot before the uncommitted write
     assert [d.request_id for d in deliveries] == ["r"]
     assert waited < 5  # a reader that queued behind the writer would wait the full 10 s
+
+
+#: The write side, and the engine that would allow writing: none of it on a reader.
+WRITE_SIDE = (
+    "record",
+    "finish",
+    "claim_for_replay",
+    "claim_queued",
+    "mark_enqueued",
+    "requeue",
+    "sweepable",
+    "prune",
+    "create_schema",
+    "dispose",
+    "engine",
+    "db",
+)
+
+
+def test_host_code_gets_a_reader_that_cannot_write(app: Flask, sender: Sender) -> None:
+    assert_reply(sender.post("task", task_payload(taskStatus=3), request_id="r"), 200, 0)
+    reader = get_store(app)
+    assert type(reader) is StoreReader
+    assert reader is get_state(app).store.reader
+    assert [name for name in WRITE_SIDE if hasattr(reader, name)] == []
+    assert all(hasattr(get_state(app).store, name) for name in WRITE_SIDE)
+    task = reader.get_task("T100")
+    assert task is not None and task.status is TaskStatus.COMPLETED
+    assert reader.get_delivery("r").outcome is DeliveryState.PROCESSED
+    assert [d.request_id for d in reader.list_deliveries()] == ["r"]
+    assert [t.task_id for t in reader.list_tasks()] == ["T100"]
+    assert (reader.failed_request_ids(), reader.count_failed()) == ([], 0)
+    assert reader.get_schema_version() == 2

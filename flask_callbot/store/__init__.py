@@ -1,0 +1,43 @@
+"""The durable record: every authentic delivery, and each task's and order's last applied state.
+
+SQLAlchemy Core, the same code for SQLite (one host) and PostgreSQL (shared by many). One module
+per concern: ``schema`` (tables, versions, upgrades), ``engine`` (engine, transactions, locking),
+``records`` (states, verdicts, dataclasses), ``ingest`` (the hot path), ``queue`` (Celery's
+bookkeeping), ``queries`` (reads, counts, prune), ``claims`` (the lease predicate), ``api``
+(:class:`StoreReader` and :class:`Store`).
+"""
+
+from __future__ import annotations
+
+from .api import Store, StoreReader
+from .engine import Database, create_engine
+from .records import (
+    Claim,
+    ClaimVerdict,
+    DeliveryState,
+    NewDelivery,
+    OrderState,
+    StoredDelivery,
+    TaskState,
+)
+from .schema import SCHEMA_VERSION, deliveries, metadata, orders, schema_version, tasks
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Claim",
+    "ClaimVerdict",
+    "Database",
+    "DeliveryState",
+    "NewDelivery",
+    "OrderState",
+    "Store",
+    "StoreReader",
+    "StoredDelivery",
+    "TaskState",
+    "create_engine",
+    "deliveries",
+    "metadata",
+    "orders",
+    "schema_version",
+    "tasks",
+]

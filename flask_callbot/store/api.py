@@ -1,0 +1,162 @@
+"""The store's two faces: :class:`StoreReader`, what host code may ask (``get_store(app)``), and
+:class:`Store`, which adds the writes the pipeline, the dispatchers and the CLI make.
+
+Both are thin: each method hands its :class:`~.engine.Database` to the module of its concern.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from ..events import CallbackKind
+from . import ingest, queries, queue
+from .engine import Database
+from .records import Claim, DeliveryState, NewDelivery, OrderState, StoredDelivery, TaskState
+
+
+class StoreReader:
+    """Lookups, lists and counts over the durable record, in read-only transactions that never
+    wait for a writer. It cannot change anything: host code gets this from ``get_store(app)``."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def get_delivery(self, request_id: str) -> StoredDelivery | None:
+        return queries.get_delivery(self._db, request_id)
+
+    def get_task(self, task_id: str) -> TaskState | None:
+        return queries.get_task(self._db, task_id)
+
+    def get_order(self, task_id: str, order_id: str) -> OrderState | None:
+        """What the newest order or call callback said about one order of one task."""
+        return queries.get_order(self._db, task_id, order_id)
+
+    def list_deliveries(
+        self,
+        *,
+        outcome: DeliveryState | None = None,
+        task_id: str | None = None,
+        kind: CallbackKind | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = 50,
+    ) -> list[StoredDelivery]:
+        """Recorded deliveries, newest first, filtered by any of the arguments."""
+        return queries.list_deliveries(
+            self._db,
+            outcome=outcome,
+            task_id=task_id,
+            kind=kind,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+
+    def list_tasks(self, *, limit: int | None = None) -> list[TaskState]:
+        """The tracked tasks, most recently updated first."""
+        return queries.list_tasks(self._db, limit=limit)
+
+    def failed_request_ids(self) -> list[str]:
+        """The requestIDs of failed deliveries, oldest first (the order to replay them in)."""
+        return queries.failed_request_ids(self._db)
+
+    def count_failed(self) -> int:
+        """How many deliveries are failed now (the ``callbot_failed_deliveries`` gauge)."""
+        return queries.count_failed(self._db)
+
+    def count_prunable(self, *, before: datetime, include_failed: bool = False) -> int:
+        """How many deliveries :meth:`Store.prune` with the same arguments would delete."""
+        return queries.count_prunable(self._db, before=before, include_failed=include_failed)
+
+    def get_schema_version(self) -> int | None:
+        return queries.get_schema_version(self._db)
+
+
+class Store(StoreReader):
+    """One per app (``get_state(app).store``): owns the engine; tables are created on first use.
+
+    The reads are :class:`StoreReader`'s; :attr:`reader` is the read-only face for host code.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        engine_options: Mapping[str, Any] | None = None,
+        *,
+        sqlite_synchronous: str = "NORMAL",
+    ) -> None:
+        super().__init__(Database(url, engine_options or {}, sqlite_synchronous=sqlite_synchronous))
+        self.reader = StoreReader(self._db)
+
+    @property
+    def db(self) -> Database:
+        """The engine and its transactions."""
+        return self._db
+
+    @property
+    def engine(self) -> Engine:
+        return self._db.engine
+
+    def record(
+        self, delivery: NewDelivery, *, now: float, lease: int, queue: bool = False
+    ) -> Claim:
+        """Claim the requestID and apply the delivery, in one transaction (see
+        :func:`.ingest.record` for the verdicts)."""
+        return ingest.record(self._db, delivery, now=now, lease=lease, queue=queue)
+
+    def finish(self, request_id: str, *, now: float, error: str | None = None) -> None:
+        """Mark a claimed delivery processed, or failed with ``error``."""
+        ingest.finish(self._db, request_id, now=now, error=error)
+
+    def claim_for_replay(self, request_id: str, *, now: float, lease: int) -> StoredDelivery:
+        """Take a stored delivery for a replay, as a redelivery would: never one in progress."""
+        return ingest.claim_for_replay(self._db, request_id, now=now, lease=lease)
+
+    def mark_enqueued(self, request_id: str, *, now: float) -> None:
+        """Record that a delivery's message reached the broker (its worker may be done already)."""
+        queue.mark_enqueued(self._db, request_id, now=now)
+
+    def claim_queued(self, request_id: str, *, now: float, lease: int) -> StoredDelivery | None:
+        """A Celery worker takes a queued delivery (or one whose worker died); ``None`` if another
+        worker holds it or it is already done."""
+        return queue.claim_queued(self._db, request_id, now=now, lease=lease)
+
+    def requeue(self, request_id: str, *, now: float, error: str) -> None:
+        """Put a delivery whose receivers raised back in the queue for a later retry."""
+        queue.requeue(self._db, request_id, now=now, error=error)
+
+    def sweepable(
+        self, *, now: float, unqueued_after: int, lease: int, stalled_after: int
+    ) -> list[str]:
+        """RequestIDs a sweep must enqueue (again), oldest first (see :func:`.queue.sweepable`)."""
+        return queue.sweepable(
+            self._db,
+            now=now,
+            unqueued_after=unqueued_after,
+            lease=lease,
+            stalled_after=stalled_after,
+        )
+
+    def prune(
+        self, *, before: datetime, include_failed: bool = False, batch_size: int = 1000
+    ) -> Iterator[int]:
+        """Delete deliveries received before ``before``, a batch per transaction.
+
+        Yields the number deleted by each batch (for progress). Deliveries in progress are always
+        kept, failed ones unless ``include_failed``: they are what ``replay --failed`` works on.
+        """
+        return queries.prune(
+            self._db, before=before, include_failed=include_failed, batch_size=batch_size
+        )
+
+    def create_schema(self) -> None:
+        """Create or upgrade the tables to :data:`~.schema.SCHEMA_VERSION` (idempotent, safe
+        across hosts); a database written by a newer flask_callbot is refused."""
+        self._db.create_schema()
+
+    def dispose(self) -> None:
+        self._db.dispose()

@@ -1,0 +1,183 @@
+"""The engine and its transactions: backend tuning, the SQLite writers' turn, writing and
+reading transactions, the schema made ready on first use, database errors as StoreUnavailable,
+and a fresh pool in a forked child."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from ..errors import ConfigurationError, StoreUnavailable
+from .schema import create_or_upgrade
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): SQLite's own locking serves, see _writers_turn
+    fcntl = None  # type: ignore[assignment]
+
+#: The execution option that marks a connection's transactions read-only (see Database.reading).
+_READ_ONLY = "callbot_read_only"
+
+
+class Database:
+    """One per store: the engine, and the transactions every store operation runs in."""
+
+    def __init__(
+        self, url: str, engine_options: Mapping[str, Any], *, sqlite_synchronous: str
+    ) -> None:
+        self.engine = create_engine(url, engine_options, sqlite_synchronous)
+        self._writers_turn = _writers_turn(self.engine)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        # A server forking after the store was made (gunicorn --preload) must not share
+        # connections with its parent: children drop the inherited pool without closing it.
+        # (Windows has no fork, nor this hook.)
+        if hasattr(os, "register_at_fork"):
+            engine_ref = weakref.ref(self.engine)
+            os.register_at_fork(after_in_child=lambda: _drop_pool(engine_ref))
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A writing transaction: on SQLite, the writers' turn and BEGIN IMMEDIATE."""
+        self._ensure_schema()
+        with self._translate_errors(), self._writers_turn(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only transaction: on SQLite a plain (deferred) BEGIN without the writers' turn,
+        so the dashboard, the CLI and metrics scrapes never hold up deliveries (WAL readers see
+        a consistent snapshot and block no one)."""
+        self._ensure_schema()
+        with (
+            self._translate_errors(),
+            self.engine.connect().execution_options(**{_READ_ONLY: True}) as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    def create_schema(self) -> None:
+        """Create or upgrade the tables (idempotent, safe across hosts: see create_or_upgrade)."""
+        with self._translate_errors(), self.engine.begin() as conn:
+            create_or_upgrade(conn)
+        self._schema_ready = True
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready:
+            with self._schema_lock:
+                if not self._schema_ready:
+                    self.create_schema()
+
+    @contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+            message = f"the callbot store is unavailable ({type(exc).__name__})"
+            raise StoreUnavailable(message) from exc
+        except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable("the callbot store connection was lost") from exc
+            raise
+
+
+def _writers_turn(engine: Engine) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """SQLite file stores: processes take turns at writing through an OS file lock.
+
+    SQLite's own busy handler polls with sleeps of 1 to 100 ms while another process writes;
+    under load that wastes most of the time. A blocking ``flock`` on a side file hands the turn
+    over the moment it is released (and the kernel frees it if a process dies). Without
+    ``fcntl`` (Windows) writers rely on SQLite's locking alone: BEGIN IMMEDIATE and the busy
+    timeout, correct but slower under contention.
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:") or fcntl is None:
+        return contextlib.nullcontext
+    flock = fcntl.flock
+    exclusive, unlock = fcntl.LOCK_EX, fcntl.LOCK_UN
+    path = f"{database}.writer-lock"
+    local = threading.local()
+
+    @contextlib.contextmanager
+    def take_turn() -> Iterator[None]:
+        fd = getattr(local, "fd", None)
+        if fd is None or getattr(local, "pid", None) != os.getpid():
+            fd = local.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            local.pid = os.getpid()
+        flock(fd, exclusive)
+        try:
+            yield
+        finally:
+            flock(fd, unlock)
+
+    return take_turn
+
+
+def _drop_pool(engine_ref: weakref.ref[Engine]) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.dispose(close=False)
+
+
+def create_engine(
+    url: str, options: Mapping[str, Any], sqlite_synchronous: str = "NORMAL"
+) -> Engine:
+    """An engine tuned for the backend: SQLite gets WAL, a busy timeout and write-locking BEGINs."""
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise ConfigurationError(f"CALLBOT_DATABASE_URL is not an SQLAlchemy URL: {exc}") from exc
+    # hide_parameters: a database error's message never carries a statement's values (a body,
+    # a phone number) into a log or an error report.
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs = {
+            "connect_args": {"timeout": 30, "check_same_thread": False},
+            "hide_parameters": True,
+        }
+        if parsed.database in (None, "", ":memory:"):
+            kwargs["poolclass"] = StaticPool  # one shared in-memory database for all threads
+    kwargs.update(options)
+    try:
+        engine = sa.create_engine(parsed, **kwargs)
+    except (sa_exc.ArgumentError, ImportError, TypeError) as exc:
+        hint = " (install flask-callbot[postgres])" if "psycopg" in str(exc) else ""
+        raise ConfigurationError(
+            f"CALLBOT_DATABASE_URL / CALLBOT_ENGINE_OPTIONS: cannot create the engine: {exc}{hint}"
+        ) from exc
+    if parsed.get_backend_name() == "sqlite":
+        in_memory = parsed.database in (None, "", ":memory:")
+        _tune_sqlite(engine, in_memory=in_memory, synchronous=sqlite_synchronous)
+    return engine
+
+
+def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:
+    @sa_event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let the "begin" hook below emit BEGIN itself
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.close()
+
+    @sa_event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front: two read-then-write transactions never deadlock.
+        # A read-only transaction (Database.reading) begins deferred and never takes it.
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

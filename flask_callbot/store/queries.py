@@ -1,0 +1,133 @@
+"""Reading the record: lookups, lists and counts (read-only transactions), and pruning old
+deliveries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from ..events import CallbackKind
+from .engine import Database
+from .records import (
+    DeliveryState,
+    OrderState,
+    StoredDelivery,
+    TaskState,
+    in_utc,
+    order_state,
+    stored_delivery,
+    task_state,
+)
+from .schema import deliveries, orders, read_version, tasks
+
+
+def get_delivery(db: Database, request_id: str) -> StoredDelivery | None:
+    with db.reading() as conn:
+        row = conn.execute(deliveries.select().where(deliveries.c.request_id == request_id)).first()
+    return None if row is None else stored_delivery(row)
+
+
+def get_task(db: Database, task_id: str) -> TaskState | None:
+    with db.reading() as conn:
+        row = conn.execute(tasks.select().where(tasks.c.task_id == task_id)).first()
+    return None if row is None or row.status is None else task_state(row)
+
+
+def get_order(db: Database, task_id: str, order_id: str) -> OrderState | None:
+    with db.reading() as conn:
+        row = conn.execute(
+            orders.select().where(orders.c.task_id == task_id, orders.c.order_id == order_id)
+        ).first()
+    return None if row is None or row.last_request_id is None else order_state(row)
+
+
+def list_deliveries(
+    db: Database,
+    *,
+    outcome: DeliveryState | None = None,
+    task_id: str | None = None,
+    kind: CallbackKind | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = 50,
+) -> list[StoredDelivery]:
+    query = deliveries.select().order_by(deliveries.c.id.desc()).limit(limit)
+    if outcome is not None:
+        query = query.where(deliveries.c.outcome == outcome.value)
+    if task_id is not None:
+        query = query.where(deliveries.c.task_id == task_id)
+    if kind is not None:
+        query = query.where(deliveries.c.kind == kind.value)
+    if since is not None:
+        query = query.where(deliveries.c.received_at >= in_utc(since))
+    if until is not None:
+        query = query.where(deliveries.c.received_at < in_utc(until))
+    with db.reading() as conn:
+        return [stored_delivery(row) for row in conn.execute(query)]
+
+
+def list_tasks(db: Database, *, limit: int | None = None) -> list[TaskState]:
+    query = (
+        tasks.select()
+        .where(tasks.c.status.is_not(None))
+        .order_by(tasks.c.updated_at.desc(), tasks.c.task_id)
+        .limit(limit)
+    )
+    with db.reading() as conn:
+        return [task_state(row) for row in conn.execute(query)]
+
+
+def failed_request_ids(db: Database) -> list[str]:
+    query = (
+        sa.select(deliveries.c.request_id)
+        .where(deliveries.c.outcome == DeliveryState.FAILED.value)
+        .order_by(deliveries.c.id)
+    )
+    with db.reading() as conn:
+        return list(conn.execute(query).scalars())
+
+
+def count_failed(db: Database) -> int:
+    query = (
+        sa.select(sa.func.count())
+        .select_from(deliveries)
+        .where(deliveries.c.outcome == DeliveryState.FAILED.value)
+    )
+    with db.reading() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def count_prunable(db: Database, *, before: datetime, include_failed: bool = False) -> int:
+    query = sa.select(sa.func.count()).where(_prunable(before, include_failed))
+    with db.reading() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+def get_schema_version(db: Database) -> int | None:
+    with db.reading() as conn:
+        return read_version(conn)
+
+
+def prune(
+    db: Database, *, before: datetime, include_failed: bool = False, batch_size: int = 1000
+) -> Iterator[int]:
+    """Delete deliveries received before ``before``, a batch per transaction; yields each
+    batch's count. What :func:`count_prunable` counts with the same arguments."""
+    batch = sa.select(deliveries.c.id).where(_prunable(before, include_failed)).limit(batch_size)
+    while True:
+        with db.writing() as conn:
+            ids = list(conn.execute(batch).scalars())
+            if ids:
+                conn.execute(deliveries.delete().where(deliveries.c.id.in_(ids)))
+        if not ids:
+            return
+        yield len(ids)
+
+
+def _prunable(before: datetime, include_failed: bool) -> sa.ColumnElement[bool]:
+    """Received before ``before``; never one in progress, failed ones only if asked (they are
+    what ``replay --failed`` works on)."""
+    kept = [DeliveryState.PENDING.value] + ([] if include_failed else [DeliveryState.FAILED.value])
+    return sa.and_(deliveries.c.received_at < in_utc(before), deliveries.c.outcome.not_in(kept))
