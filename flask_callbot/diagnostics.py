@@ -18,11 +18,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
-
 from .config import Settings
-from .errors import CallbotError, InvalidSignature, PayloadTooLarge, RequestRejected
+from .errors import (
+    CallbotError,
+    InvalidSignature,
+    PayloadTooLarge,
+    RequestRejected,
+    StoreUnavailable,
+)
 from .events import CallbackKind, TaskEvent
 from .routes import ROUTES
 from .schemas import build_event, decode_body
@@ -35,7 +38,7 @@ from .signing import (
     parse_auth_headers,
     verify_signature,
 )
-from .store import SCHEMA_VERSION, Store, schema_version
+from .store import SCHEMA_VERSION, Store
 from .wire import SERIALIZATIONS, serialize
 
 
@@ -455,19 +458,13 @@ def _check_algorithms(algorithms: Sequence[str]) -> list[Step]:
 def _check_store(store: Store) -> Step:
     url = store.engine.url.render_as_string(hide_password=True)
     try:
-        with store.engine.connect() as conn:
-            if not sa.inspect(conn).has_table(schema_version.name):
-                detail = f"{url} reachable; tables not created yet (first use, or init-db)"
-                return Step(StepStatus.OK, "store", detail)
-            version = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
-    except sa_exc.SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        if store.engine.url.password:
-            reason = reason.replace(str(store.engine.url.password), "***")
-        return Step(
-            StepStatus.PROBLEM, "store", f"{url} unreachable: {type(exc).__name__}: {reason}"
-        )
-    if version is None or version < SCHEMA_VERSION:
+        version = store.peek_schema_version()
+    except StoreUnavailable as exc:
+        return Step(StepStatus.PROBLEM, "store", f"{url} unreachable: {exc.message}")
+    if version is None:
+        detail = f"{url} reachable; tables not created yet (first use, or init-db)"
+        return Step(StepStatus.OK, "store", detail)
+    if version < SCHEMA_VERSION:
         detail = f"{url} at schema version {version}; {SCHEMA_VERSION} is current: run init-db"
         return Step(StepStatus.WARN, "store", detail)
     if version > SCHEMA_VERSION:

@@ -153,6 +153,10 @@ class Store(StoreReader):
             self._db, before=before, include_failed=include_failed, batch_size=batch_size
         )
 
+    def peek_schema_version(self) -> int | None:
+        """The schema version without creating or upgrading the tables (see Database)."""
+        return self._db.peek_schema_version()
+
     def create_schema(self) -> None:
         """Create or upgrade the tables to :data:`~.schema.SCHEMA_VERSION` (idempotent, safe
         across hosts); a database written by a newer flask_callbot is refused."""

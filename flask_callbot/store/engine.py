@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError, StoreUnavailable
-from .schema import create_or_upgrade
+from .schema import create_or_upgrade, read_version, schema_version
 
 try:
     import fcntl
@@ -72,6 +72,22 @@ class Database:
         with self._translate_errors(), self.engine.begin() as conn:
             create_or_upgrade(conn)
         self._schema_ready = True
+
+    def peek_schema_version(self) -> int | None:
+        """The tables' schema version, creating and upgrading nothing (``None`` before they
+        exist): for diagnostics, which must not change what they look at. A failure is a
+        :class:`StoreUnavailable` that names the driver's reason (the password hidden)."""
+        try:
+            with self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(schema_version.name):
+                    return None
+                return read_version(conn)
+        except sa_exc.SQLAlchemyError as exc:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            password = self.engine.url.password
+            if password:
+                reason = reason.replace(str(password), "***")
+            raise StoreUnavailable(f"{type(exc).__name__}: {reason}") from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
