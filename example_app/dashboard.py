@@ -32,7 +32,6 @@ from flask_callbot import (
     CallEvent,
     Event,
     Intent,
-    OrderState,
     StoreReader,
     TaskEvent,
     TaskState,
@@ -233,7 +232,7 @@ def _context(*, latest: int, tasks: int) -> dict[str, Any]:
     task_rows = [_task_row(store, task, received) for task in store.list_tasks(limit=tasks)]
     return {
         "tasks": task_rows,
-        "orders": _latest_orders(store, latest),
+        "orders": store.list_orders(kind=CallbackKind.ORDER, limit=latest),
         "calls": calls,
         "received": sum(received.values()),
         "refused": refused,
@@ -261,25 +260,6 @@ def _task_row(
         "calls_received": received[task.task_id, CallbackKind.CALL.value],
         "timeline": timeline,
     }
-
-
-def _latest_orders(store: StoreReader, latest: int) -> list[OrderState]:
-    """The orders of the newest order deliveries, as the store knows them now (newest first)."""
-    seen: set[tuple[str, str]] = set()
-    rows: list[OrderState] = []
-    for delivery in store.list_deliveries(kind=CallbackKind.ORDER, limit=latest * 2):
-        if delivery.task_id is None or delivery.order_id is None:
-            continue
-        key = (delivery.task_id, delivery.order_id)
-        if key in seen:
-            continue
-        seen.add(key)
-        order = store.get_order(*key)
-        if order is not None:
-            rows.append(order)
-        if len(rows) == latest:
-            break
-    return rows
 
 
 def _no_store(response: Response) -> Response:

@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from flask_callbot import DeliveryState, StoreReader, TaskStatus, get_store
+from flask_callbot import CallbackKind, DeliveryState, StoreReader, TaskStatus, get_store
 from flask_callbot.state import get_state
-from flask_callbot.testing import task_payload
+from flask_callbot.testing import call_payload, order_payload, task_payload
 
-from support import Sender, assert_reply
+from support import Clock, Sender, assert_reply
 
 
 def test_a_read_does_not_wait_for_a_writer(
@@ -79,3 +79,23 @@ def test_host_code_gets_a_reader_that_cannot_write(app: Flask, sender: Sender) -
     assert [t.task_id for t in reader.list_tasks()] == ["T100"]
     assert (reader.failed_request_ids(), reader.count_failed()) == ([], 0)
     assert reader.get_schema_version() == 2
+
+
+def test_list_orders_newest_first_by_task_and_by_kind(
+    app: Flask, sender: Sender, clock: Clock
+) -> None:
+    assert_reply(sender.post("call", call_payload(orderID="o1"), request_id="c1"), 200, 0)
+    clock.now += 1
+    assert_reply(sender.post("order", order_payload(orderID="o2"), request_id="o2"), 200, 0)
+    clock.now += 1
+    other = order_payload(orderID="o3", taskID="T200")
+    assert_reply(sender.post("order", other, request_id="o3"), 200, 0)
+    reader = get_store(app)
+    assert [o.order_id for o in reader.list_orders()] == ["o3", "o2", "o1"]
+    assert [o.order_id for o in reader.list_orders(task_id="T200")] == ["o3"]
+    finished = reader.list_orders(kind=CallbackKind.ORDER)
+    assert [(o.order_id, o.last_kind) for o in finished] == [
+        ("o3", CallbackKind.ORDER),
+        ("o2", CallbackKind.ORDER),
+    ]
+    assert [o.order_id for o in reader.list_orders(limit=1)] == ["o3"]

@@ -56,6 +56,17 @@ class StoreReader:
             limit=limit,
         )
 
+    def list_orders(
+        self,
+        *,
+        task_id: str | None = None,
+        kind: CallbackKind | None = None,
+        limit: int | None = 50,
+    ) -> list[OrderState]:
+        """The tracked orders, most recently updated first: of one task, and only those whose
+        newest data came from one kind of callback (``ORDER``: the finished orders), if given."""
+        return queries.list_orders(self._db, task_id=task_id, kind=kind, limit=limit)
+
     def list_tasks(self, *, limit: int | None = None) -> list[TaskState]:
         """The tracked tasks, most recently updated first."""
         return queries.list_tasks(self._db, limit=limit)

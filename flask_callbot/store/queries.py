@@ -68,6 +68,27 @@ def list_deliveries(
         return [stored_delivery(row) for row in conn.execute(query)]
 
 
+def list_orders(
+    db: Database,
+    *,
+    task_id: str | None = None,
+    kind: CallbackKind | None = None,
+    limit: int | None = 50,
+) -> list[OrderState]:
+    query = (
+        orders.select()
+        .where(orders.c.last_request_id.is_not(None))
+        .order_by(orders.c.updated_at.desc(), orders.c.task_id, orders.c.order_id)
+        .limit(limit)
+    )
+    if task_id is not None:
+        query = query.where(orders.c.task_id == task_id)
+    if kind is not None:
+        query = query.where(orders.c.last_kind == kind.value)
+    with db.reading() as conn:
+        return [order_state(row) for row in conn.execute(query)]
+
+
 def list_tasks(db: Database, *, limit: int | None = None) -> list[TaskState]:
     query = (
         tasks.select()
