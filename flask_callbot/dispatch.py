@@ -32,9 +32,13 @@ _MAX_ERROR_LENGTH = 2000
 
 
 def planned_signals(
-    event: Event, transition: Transition | None
+    event: Event, transition: Transition | None, news: bool = True
 ) -> list[tuple[NamedSignal, dict[str, Any]]]:
-    """The signals a delivery sends, in order, with their keyword arguments."""
+    """The signals a delivery sends, in order, with their keyword arguments.
+
+    An order or call delivery that is not ``news`` (its call was reported as that kind before)
+    sends ``callback_received`` only.
+    """
     planned: list[tuple[NamedSignal, dict[str, Any]]] = [
         (signals.callback_received, {"event": event})
     ]
@@ -47,18 +51,18 @@ def planned_signals(
                 planned.append((status_signal, change))
         if transition.applied:
             planned.append((signals.task_progress, {"event": event}))
-    elif isinstance(event, OrderEvent):
+    elif isinstance(event, OrderEvent) and news:
         planned.append((signals.order_received, {"event": event}))
-    elif isinstance(event, CallEvent):
+    elif isinstance(event, CallEvent) and news:
         planned.append((signals.call_received, {"event": event}))
     return planned
 
 
-def process(app: Flask, event: Event, transition: Transition | None) -> None:
+def process(app: Flask, event: Event, transition: Transition | None, news: bool = True) -> None:
     """Send the delivery's signals, then mark it processed, or failed (and re-raise)."""
     state = get_state(app)
     try:
-        send_signals(app, event, transition)
+        send_signals(app, event, transition, news)
     except ReceiverFailed as exc:
         _finish(state, event.request_id, error=exc.message)
         raise
@@ -89,7 +93,7 @@ def process_queued(app: Flask, request_id: str, *, final: bool) -> WorkerResult:
         return WorkerResult.SKIPPED
     event = load_event(delivery)
     try:
-        send_signals(app, event, delivery.transition)
+        send_signals(app, event, delivery.transition, delivery.news)
     except ReceiverFailed as exc:
         if final:
             _finish(state, request_id, error=exc.message)
@@ -110,7 +114,7 @@ def replay(app: Flask, request_id: str) -> StoredDelivery:
     delivery = state.store.claim_for_replay(
         request_id, now=state.clock(), lease=state.settings.processing_timeout
     )
-    process(app, load_event(delivery), delivery.transition)
+    process(app, load_event(delivery), delivery.transition, delivery.news)
     return delivery
 
 
@@ -121,10 +125,13 @@ def load_event(delivery: StoredDelivery) -> Event:
         decode_body(delivery.body),
         request_id=delivery.request_id,
         request_ts=delivery.request_ts,
+        source=delivery.source,
     )
 
 
-def send_signals(app: Flask, event: Event, transition: Transition | None) -> None:
+def send_signals(
+    app: Flask, event: Event, transition: Transition | None, news: bool = True
+) -> None:
     """Send every planned signal; if receivers raised, raise :class:`ReceiverFailed` at the end.
 
     A raising receiver stops the rest of that one signal's receivers (blinker's rule) but not the
@@ -132,7 +139,7 @@ def send_signals(app: Flask, event: Event, transition: Transition | None) -> Non
     """
     failures: list[str] = []
     first: Exception | None = None
-    for signal, kwargs in planned_signals(event, transition):
+    for signal, kwargs in planned_signals(event, transition, news):
         try:
             signal.send(app, _async_wrapper=app.ensure_sync, **kwargs)
         except Exception as exc:

@@ -11,7 +11,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+#: Where an event came from: a callback the vendor sent, or reconciliation through its API.
+EventSource = Literal["callback", "reconcile"]
 
 
 class TaskStatus(enum.IntEnum):
@@ -62,6 +65,8 @@ class TaskEvent:
     request_id: str
     request_ts: int
     raw: dict[str, Any] = field(repr=False, compare=False, hash=False)
+    #: ``"callback"`` (the vendor sent it) or ``"reconcile"`` (recovered through the API).
+    source: EventSource = "callback"
     task_id: str
     user_task_id: str
     status: TaskStatus | int
@@ -181,6 +186,8 @@ class _NumberEvent:
     request_id: str
     request_ts: int
     raw: dict[str, Any] = field(repr=False, compare=False, hash=False)
+    #: ``"callback"`` (the vendor sent it) or ``"reconcile"`` (recovered through the API).
+    source: EventSource = "callback"
     order_id: str
     task_id: str
     call: CallInfo

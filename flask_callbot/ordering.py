@@ -19,15 +19,21 @@ def task_transition(
     last_request_ts: int | None,
     status: TaskStatus | int,
     request_ts: int,
+    *,
+    wins_ties: bool = True,
 ) -> Transition:
     """What a task update does to a task last applied at ``last_request_ts`` with ``last_status``.
 
     Stale (recorded, not applied) if sent before the last applied update; otherwise applied, and
-    changed when the status differs, or on the task's first sighting. An update of the same second
-    applies: createTs has one-second resolution, so "older" must mean strictly older.
+    changed when the status differs, or on the task's first sighting. A callback of the same
+    second applies: createTs has one-second resolution, so "older" must mean strictly older.
+    A reconciled update (``wins_ties=False``) must be strictly newer: a callback stamped in the
+    listing's second is at least as fresh as the listing.
     """
     previous = coerce_status(last_status)
-    if last_request_ts is not None and request_ts < last_request_ts:
+    if last_request_ts is not None and (
+        request_ts < last_request_ts or (request_ts == last_request_ts and not wins_ties)
+    ):
         return Transition(previous=previous, status=status, applied=False, changed=False)
     return Transition(
         previous=previous,

@@ -27,7 +27,7 @@ from .errors import (
     RequestRejected,
     StoreUnavailable,
 )
-from .events import CallbackKind, Event
+from .events import CallbackKind
 from .schemas import build_event, decode_body
 from .signing import (
     AuthHeaders,
@@ -121,7 +121,16 @@ def handle(app: Flask, kind: CallbackKind, body: Body, headers: Headers) -> Repl
         event = build_event(
             kind, decode_body(raw), request_id=auth.request_id, request_ts=auth.request_ts
         )
-        reply = _record_and_dispatch(app, state, kind, auth, raw, event, result)
+        delivery = NewDelivery(
+            request_id=auth.request_id,
+            kind=kind,
+            request_ts=auth.request_ts,
+            headers=auth.as_headers(),
+            body=raw,
+            event=event,
+        )
+        result.outcome = record_and_dispatch(app, state, delivery)
+        reply = Reply(200, 0, _ACKNOWLEDGED[result.outcome])
     except RequestRejected as exc:
         result.outcome = RequestResult.REJECTED
         result.reason, result.detail = exc.reason, exc.message
@@ -233,44 +242,38 @@ def reject(app: Flask, error: RequestRejected, headers: Headers) -> Reply:
     return Reply(error.http_status, error.ret_code, error.message)
 
 
-def _record_and_dispatch(
-    app: Flask,
-    state: CallbotState,
-    kind: CallbackKind,
-    auth: AuthHeaders,
-    body: bytes,
-    event: Event,
-    result: _Observation,
-) -> Reply:
+def record_and_dispatch(app: Flask, state: CallbotState, delivery: NewDelivery) -> RequestResult:
+    """Steps 6 and 7 for an authentic, valid delivery (a callback's, or one reconciliation
+    made): record and apply it in one transaction, then send its signals here or enqueue them.
+
+    Raises ``DeliveryInProgress`` while another worker holds the requestID, ``ReceiverFailed``
+    when receivers raised (the delivery is kept as failed), ``StoreUnavailable`` and
+    ``QueueUnavailable`` when nothing could be acknowledged.
+    """
     queued = state.settings.queued
     claim = state.store.record(
-        NewDelivery(
-            request_id=auth.request_id,
-            kind=kind,
-            request_ts=auth.request_ts,
-            headers=auth.as_headers(),
-            body=body,
-            event=event,
-        ),
-        now=state.clock(),
-        lease=state.settings.processing_timeout,
-        queue=queued,
+        delivery, now=state.clock(), lease=state.settings.processing_timeout, queue=queued
     )
     if claim.verdict is ClaimVerdict.DUPLICATE:
-        result.outcome = RequestResult.DUPLICATE
-        return Reply(200, 0, "duplicate delivery: already processed")
+        return RequestResult.DUPLICATE
     if claim.verdict is ClaimVerdict.BUSY:
-        raise DeliveryInProgress(f"requestID {auth.request_id} is being processed; retry later")
+        raise DeliveryInProgress(f"requestID {delivery.request_id} is being processed; retry later")
     if claim.verdict is ClaimVerdict.ACCEPTED_EARLIER:
-        result.outcome = RequestResult.ALREADY_ENQUEUED
-        return Reply(200, 0, "already queued")
+        return RequestResult.ALREADY_ENQUEUED
     if queued:
-        enqueue(state, auth.request_id)
-        result.outcome = RequestResult.ENQUEUED
-        return Reply(200, 0, "queued")
-    process(app, event, claim.transition)
+        enqueue(state, delivery.request_id)
+        return RequestResult.ENQUEUED
+    process(app, delivery.event, claim.transition, claim.news)
     if claim.transition is not None and not claim.transition.applied:
-        result.outcome = RequestResult.STALE
-        return Reply(200, 0, "stale update: recorded, not applied")
-    result.outcome = RequestResult.ACCEPTED
-    return Reply(200, 0, "success")
+        return RequestResult.STALE
+    return RequestResult.ACCEPTED
+
+
+#: The retMsg of each acknowledged result.
+_ACKNOWLEDGED: Mapping[RequestResult, str] = {
+    RequestResult.ACCEPTED: "success",
+    RequestResult.STALE: "stale update: recorded, not applied",
+    RequestResult.DUPLICATE: "duplicate delivery: already processed",
+    RequestResult.ENQUEUED: "queued",
+    RequestResult.ALREADY_ENQUEUED: "already queued",
+}

@@ -23,6 +23,7 @@ from .events import (
     CallEvent,
     CallInfo,
     Event,
+    EventSource,
     Intent,
     OrderEvent,
     Param,
@@ -330,12 +331,19 @@ _SCHEMAS: Mapping[CallbackKind, tuple[Schema, type[Event]]] = {
 
 
 def build_event(
-    kind: CallbackKind, payload: dict[str, Any], *, request_id: str, request_ts: int
+    kind: CallbackKind,
+    payload: dict[str, Any],
+    *,
+    request_id: str,
+    request_ts: int,
+    source: EventSource = "callback",
 ) -> Event:
     """Validate ``payload`` for ``kind`` and wrap it with its delivery's metadata."""
     schema, event_type = _SCHEMAS[kind]
     fields_ = _load(schema, payload)
-    return event_type(request_id=request_id, request_ts=request_ts, raw=payload, **fields_)
+    return event_type(
+        request_id=request_id, request_ts=request_ts, raw=payload, source=source, **fields_
+    )
 
 
 def _load(schema: Schema, payload: Mapping[str, Any]) -> dict[str, Any]:

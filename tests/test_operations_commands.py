@@ -6,12 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from click.testing import Result
 from flask import Flask
 
 from flask_callbot import StoreUnavailable, TaskStatus, get_store, signals
 from flask_callbot.state import get_state
-from flask_callbot.testing import SentSignal, task_payload
+from flask_callbot.store import Store
+from flask_callbot.testing import SentSignal, record_signals, task_payload
 
 from support import NOW, Clock, Sender, assert_reply, names, order_call_payload
 
@@ -240,23 +242,57 @@ def test_prune_in_batches(app: Flask, sender: Sender, clock: Clock) -> None:
 def test_init_db_reports_the_schema_version(app: Flask) -> None:
     result = run(app, "init-db")
     assert result.exit_code == 0, result.output
-    assert result.output == "callbot schema version 2\n"
-    assert run(app, "init-db").output == "callbot schema version 2\n"
+    assert result.output == "callbot schema version 3\n"
+    assert run(app, "init-db").output == "callbot schema version 3\n"
+
+
+def _downgrade_to(store: Store, version: int) -> None:
+    """Make the tables look as schema ``version`` wrote them (the columns and tables it lacked)."""
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE callbot_calls")
+        conn.exec_driver_sql("DROP INDEX ix_callbot_tasks_user_task_id")
+        conn.exec_driver_sql("ALTER TABLE callbot_deliveries DROP COLUMN source")
+        if version < 2:
+            conn.exec_driver_sql("ALTER TABLE callbot_deliveries DROP COLUMN enqueued_at")
+        conn.execute(sa.text("UPDATE callbot_schema_version SET version = :v"), {"v": version})
+
+
+def _reopen(store: Store) -> Store:
+    return type(store)(str(store.engine.url.render_as_string(hide_password=False)))
 
 
 def test_init_db_upgrades_version_1_tables(app: Flask, sender: Sender) -> None:
     """Tables written by schema version 1 (no enqueued_at) are upgraded in place, data kept."""
     sender.post("task", task_payload(), request_id="kept")
     store = get_state(app).store
-    with store.engine.begin() as conn:
-        conn.exec_driver_sql("ALTER TABLE callbot_deliveries DROP COLUMN enqueued_at")
-        conn.exec_driver_sql("UPDATE callbot_schema_version SET version = 1")
+    _downgrade_to(store, 1)
     assert store.get_schema_version() == 1
-    fresh = type(store)(str(store.engine.url.render_as_string(hide_password=False)))
+    fresh = _reopen(store)
     try:
-        assert run(app, "init-db").output == "callbot schema version 2\n"
+        assert run(app, "init-db").output == "callbot schema version 3\n"
         assert store.get_delivery("kept").enqueued_at is None
-        assert fresh.get_schema_version() == 2
+        assert fresh.get_schema_version() == 3
+    finally:
+        fresh.dispose()
+
+
+def test_version_2_tables_learn_the_calls_already_signalled(app: Flask, sender: Sender) -> None:
+    """Schema 3 tracks each call's first report; the upgrade fills it from the deliveries kept,
+    so a call signalled before the upgrade is not news again afterwards."""
+    first = order_call_payload(orderID="o1")
+    first["callInfoDetail"]["callID"] = "call-1"
+    assert_reply(sender.post("call", first, request_id="c-1"), 200, 0)
+    assert_reply(sender.post("order", first, request_id="o-1"), 200, 0)
+    store = get_state(app).store
+    _downgrade_to(store, 2)
+    fresh = _reopen(store)
+    try:
+        assert run(app, "init-db").output == "callbot schema version 3\n"
+        assert fresh.call_sightings("T100") == {("o1", "call-1"): (True, True)}
+        assert fresh.get_task_by_user_task_id("no-such-task") is None
+        with record_signals(sender=app) as sent:
+            assert_reply(sender.post("call", first, request_id="c-1-again"), 200, 0)
+        assert names(sent) == ["callback-received"]  # recorded, but not news
     finally:
         fresh.dispose()
 

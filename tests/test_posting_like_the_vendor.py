@@ -105,12 +105,12 @@ def test_client_posts_the_exact_signed_bytes(
     app: Flask, callbot_client: CallbotClient, callbot_signals: list[SentSignal]
 ) -> None:
     for style, request_id in (("python", "r-python"), ("compact", "r-compact")):
-        reply = callbot_client.post(
-            "call", call_payload(), serialization=style, request_id=request_id
-        )
+        payload = call_payload()
+        payload["callInfoDetail"]["callID"] = f"call-{style}"  # two calls: each is news
+        reply = callbot_client.post("call", payload, serialization=style, request_id=request_id)
         assert_reply(reply, 200, 0)
         stored = store_of(app).get_delivery(request_id)
-        assert stored.body == serialize(call_payload(), style)
+        assert stored.body == serialize(payload, style)
         assert stored.headers["createTs"] == str(NOW)  # stamped by the app's clock
     assert "王小明".encode() in store_of(app).get_delivery("r-compact").body
     assert [s.name for s in callbot_signals].count("call-received") == 2

@@ -78,7 +78,7 @@ def test_host_code_gets_a_reader_that_cannot_write(app: Flask, sender: Sender) -
     assert [d.request_id for d in reader.list_deliveries()] == ["r"]
     assert [t.task_id for t in reader.list_tasks()] == ["T100"]
     assert (reader.failed_request_ids(), reader.count_failed()) == ([], 0)
-    assert reader.get_schema_version() == 2
+    assert reader.get_schema_version() == 3
 
 
 def test_list_orders_newest_first_by_task_and_by_kind(

@@ -31,6 +31,21 @@ class StoreReader:
     def get_task(self, task_id: str) -> TaskState | None:
         return queries.get_task(self._db, task_id)
 
+    def get_task_by_user_task_id(self, user_task_id: str) -> TaskState | None:
+        """The task with this ``userTaskID`` (your own id for it), the most recently updated if
+        several share it."""
+        return queries.get_task_by_user_task_id(self._db, user_task_id)
+
+    def unfinished_tasks(self, *, since: datetime | None = None) -> list[TaskState]:
+        """The tasks whose last applied status is not final (COMPLETED or FAILED), least
+        recently updated first; only those updated at or after ``since``, if given."""
+        return queries.unfinished_tasks(self._db, since=since)
+
+    def call_sightings(self, task_id: str) -> dict[tuple[str, str], tuple[bool, bool]]:
+        """Every call of a task the store was told of, by ``(orderID, callID)``: ``(reported by
+        a call callback, reported as its order's last call by an order callback)``."""
+        return queries.call_sightings(self._db, task_id)
+
     def get_order(self, task_id: str, order_id: str) -> OrderState | None:
         """What the newest order or call callback said about one order of one task."""
         return queries.get_order(self._db, task_id, order_id)

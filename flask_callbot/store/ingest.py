@@ -5,6 +5,11 @@ A delivery is claimed by inserting its requestID under a unique constraint in th
 transaction that locks the task's (or order's) row, decides stale or transition and updates
 the row, so concurrent workers never process a requestID twice and a task never moves
 backwards. The statements are built once per dialect.
+
+An order or call delivery is news when it is the first report of its call as that kind (one
+upsert on ``callbot_calls`` decides it, atomically): only news is signalled, so a late copy of a
+callback that reconciliation recovered sends ``order_received`` / ``call_received`` no second
+time.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ..errors import DeliveryInProgress, RequestIdReused
-from ..events import CallEvent, OrderEvent, TaskEvent
+from ..events import CallbackKind, CallEvent, OrderEvent, TaskEvent
 from ..ordering import KIND_RANK, order_is_newer, order_version, task_transition
 from .claims import abandoned, claimed, is_abandoned
 from .engine import Database
@@ -34,11 +40,12 @@ from .records import (
     StoredDelivery,
     intent_row,
     stored_delivery,
+    stored_news,
     stored_transition,
     transition_columns,
     utc,
 )
-from .schema import deliveries, orders, tasks
+from .schema import calls, deliveries, orders, tasks
 
 
 def record(
@@ -59,10 +66,15 @@ def record(
     with db.writing() as conn:
         transition = None
         sql = _statements(conn.dialect.name)
+        news = True
         if isinstance(event, TaskEvent):
             task = _lock_row(conn, sql.lock_task, sql.blank_task, task_id=event.task_id)
             transition = task_transition(
-                task.status, task.status_request_ts, event.status, event.request_ts
+                task.status,
+                task.status_request_ts,
+                event.status,
+                event.request_ts,
+                wins_ties=delivery.source == "callback",
             )
             applied = transition.applied
         else:
@@ -77,6 +89,7 @@ def record(
                 event.call.call_start_ts, delivery.request_ts, KIND_RANK[delivery.kind]
             )
             applied = order_is_newer(incoming, stored)
+            news = _first_report(conn, sql, delivery, event)
         inserted = conn.execute(
             sql.insert_delivery,
             {
@@ -93,7 +106,8 @@ def record(
                 "attempts": 0 if queue else 1,
                 "claimed_at": at,
                 "applied": applied,
-                **transition_columns(transition),
+                "source": None if delivery.source == "callback" else delivery.source,
+                **transition_columns(transition, news=news),
             },
         ).first()
         if not inserted:
@@ -103,7 +117,7 @@ def record(
                 _apply_task(conn, sql, event, at)
         else:
             _apply_order(conn, sql, delivery, event, applied=applied, at=at)
-        return Claim(ClaimVerdict.NEW, transition)
+        return Claim(ClaimVerdict.NEW, transition, news)
 
 
 def _reclaim(
@@ -141,7 +155,7 @@ def _reclaim(
             .values(**claimed(at, queue=queue), enqueued_at=None)
         ).rowcount
         if taken:
-            return Claim(ClaimVerdict.RETRY, stored_transition(row))
+            return Claim(ClaimVerdict.RETRY, stored_transition(row), stored_news(row))
     return Claim(ClaimVerdict.ACCEPTED_EARLIER if queue else ClaimVerdict.BUSY)
 
 
@@ -195,6 +209,8 @@ class _Statements:
     apply_task: Any
     apply_order: Any
     finish_delivery: Any
+    #: By kind: claim the first report of a call (returns a row only if this one is first).
+    first_report: Mapping[CallbackKind, Any]
 
 
 @functools.cache
@@ -222,7 +238,37 @@ def _statements(dialect_name: str) -> _Statements:
         finish_delivery=deliveries.update().where(
             deliveries.c.request_id == sa.bindparam("k_request_id")
         ),
+        first_report={
+            kind: _first_report_statement(dialect_insert, f"{kind.value}_request_id")
+            for kind in (CallbackKind.ORDER, CallbackKind.CALL)
+        },
     )
+
+
+def _first_report_statement(dialect_insert: Any, column: str) -> Any:
+    insert = dialect_insert(calls)
+    return insert.on_conflict_do_update(
+        index_elements=["task_id", "order_id", "call_id"],
+        set_={column: insert.excluded[column]},
+        where=calls.c[column].is_(None),
+    ).returning(calls.c.call_id)
+
+
+def _first_report(
+    conn: Connection, sql: _Statements, delivery: NewDelivery, event: OrderEvent | CallEvent
+) -> bool:
+    """Record that this delivery reported its call (as an order or a call); whether it is the
+    first to: the delivery's news."""
+    reported = conn.execute(
+        sql.first_report[delivery.kind],
+        {
+            "task_id": event.task_id,
+            "call_id": event.call.call_id,
+            "order_id": event.order_id,
+            f"{delivery.kind.value}_request_id": delivery.request_id,
+        },
+    ).first()
+    return reported is not None
 
 
 def _lock_row(conn: Connection, lock: Any, blank: Any, **key: str) -> sa.Row[Any]:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from ..events import CallbackKind
+from ..events import CallbackKind, TaskStatus
 from .engine import Database
 from .records import (
     DeliveryState,
@@ -20,7 +20,10 @@ from .records import (
     stored_delivery,
     task_state,
 )
-from .schema import deliveries, orders, read_version, tasks
+from .schema import calls, deliveries, orders, read_version, tasks
+
+#: A task in one of these statuses changes no more: reconciliation leaves it alone.
+FINAL_STATUSES = (int(TaskStatus.COMPLETED), int(TaskStatus.FAILED))
 
 
 def get_delivery(db: Database, request_id: str) -> StoredDelivery | None:
@@ -41,6 +44,41 @@ def get_order(db: Database, task_id: str, order_id: str) -> OrderState | None:
             orders.select().where(orders.c.task_id == task_id, orders.c.order_id == order_id)
         ).first()
     return None if row is None or row.last_request_id is None else order_state(row)
+
+
+def get_task_by_user_task_id(db: Database, user_task_id: str) -> TaskState | None:
+    query = (
+        tasks.select()
+        .where(tasks.c.user_task_id == user_task_id, tasks.c.status.is_not(None))
+        .order_by(tasks.c.updated_at.desc())
+        .limit(1)
+    )
+    with db.reading() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else task_state(row)
+
+
+def unfinished_tasks(db: Database, *, since: datetime | None = None) -> list[TaskState]:
+    query = (
+        tasks.select()
+        .where(tasks.c.status.is_not(None), tasks.c.status.not_in(FINAL_STATUSES))
+        .order_by(tasks.c.updated_at, tasks.c.task_id)
+    )
+    if since is not None:
+        query = query.where(tasks.c.updated_at >= in_utc(since))
+    with db.reading() as conn:
+        return [task_state(row) for row in conn.execute(query)]
+
+
+def call_sightings(db: Database, task_id: str) -> dict[tuple[str, str], tuple[bool, bool]]:
+    query = sa.select(
+        calls.c.order_id,
+        calls.c.call_id,
+        calls.c.call_request_id.is_not(None),
+        calls.c.order_request_id.is_not(None),
+    ).where(calls.c.task_id == task_id)
+    with db.reading() as conn:
+        return {(row[0], row[1]): (bool(row[2]), bool(row[3])) for row in conn.execute(query)}
 
 
 def list_deliveries(

@@ -10,7 +10,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from ..events import CallbackKind, Event, Intent, TaskStatus, Transition, coerce_status
+from ..events import (
+    CallbackKind,
+    Event,
+    EventSource,
+    Intent,
+    TaskStatus,
+    Transition,
+    coerce_status,
+)
 
 
 class DeliveryState(StrEnum):
@@ -36,6 +44,8 @@ class ClaimVerdict(StrEnum):
 class Claim:
     verdict: ClaimVerdict
     transition: Transition | None = None
+    #: An order or call delivery: the first report of its call as that kind, so signalled.
+    news: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +58,7 @@ class NewDelivery:
     headers: Mapping[str, str]
     body: bytes
     event: Event
+    source: EventSource = "callback"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +77,9 @@ class StoredDelivery:
     finished_at: datetime | None
     error: str | None
     transition: Transition | None
+    #: An order or call delivery: whether it was news when recorded (see :class:`Claim`).
+    news: bool
+    source: EventSource
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,10 +146,11 @@ def intent_row(intent: Intent) -> dict[str, Any]:
     }
 
 
-def transition_columns(transition: Transition | None) -> dict[str, Any]:
-    """A delivery row's transition columns (read back by :func:`stored_transition`)."""
+def transition_columns(transition: Transition | None, *, news: bool = True) -> dict[str, Any]:
+    """A delivery row's transition columns (read back by :func:`stored_transition`); an order
+    or call delivery keeps its news in ``changed`` (read back by :func:`stored_news`)."""
     if transition is None:  # the same keys every time: one compiled INSERT serves all
-        return {"previous_status": None, "status": None, "changed": None}
+        return {"previous_status": None, "status": None, "changed": news}
     return {
         "previous_status": None if transition.previous is None else int(transition.previous),
         "status": int(transition.status),
@@ -159,6 +174,8 @@ def stored_delivery(row: Any) -> StoredDelivery:
         finished_at=None if row.finished_at is None else aware(row.finished_at),
         error=row.error,
         transition=stored_transition(row),
+        news=stored_news(row),
+        source=row.source or "callback",
     )
 
 
@@ -172,6 +189,11 @@ def stored_transition(row: Any) -> Transition | None:
         applied=bool(row.applied),
         changed=bool(row.changed),
     )
+
+
+def stored_news(row: Any) -> bool:
+    """Whether an order or call delivery was news (rows from before schema 3 were)."""
+    return row.status is not None or row.changed is not False
 
 
 def task_state(row: Any) -> TaskState:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -11,7 +12,7 @@ from sqlalchemy.engine import Connection
 from ..errors import StoreUnavailable
 
 #: Bumped whenever the tables change; each bump adds its step to ``MIGRATIONS``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 _BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -38,14 +39,17 @@ deliveries = sa.Table(
     sa.Column("previous_status", sa.BigInteger),
     sa.Column("status", sa.BigInteger),
     sa.Column("applied", sa.Boolean),
+    # A task delivery: its status changed. An order or call delivery: it was news (the first
+    # report of its call as that kind), so it is signalled; NULL (schema 2 rows) counts as news.
     sa.Column("changed", sa.Boolean),
+    sa.Column("source", sa.String(16)),  # schema 3: "reconcile", or NULL for a callback
 )
 
 tasks = sa.Table(
     "callbot_tasks",
     metadata,
     sa.Column("task_id", sa.String(255), primary_key=True),
-    sa.Column("user_task_id", sa.String(255)),
+    sa.Column("user_task_id", sa.String(255), index=True),  # schema 3: reconciliation looks up
     sa.Column("scene_id", sa.String(255)),
     sa.Column("status", sa.BigInteger),
     sa.Column("status_request_ts", sa.BigInteger),
@@ -88,6 +92,19 @@ orders = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True)),
 )
 
+#: Schema 3: every call the store was told of, and which delivery first reported it as a call
+#: and as its order's last call. A later report of the same call (a late copy of a callback
+#: that reconciliation recovered, a resend) is recorded but not signalled again.
+calls = sa.Table(
+    "callbot_calls",
+    metadata,
+    sa.Column("task_id", sa.String(255), primary_key=True),
+    sa.Column("order_id", sa.String(255), primary_key=True),
+    sa.Column("call_id", sa.String(255), primary_key=True),
+    sa.Column("call_request_id", sa.String(128)),
+    sa.Column("order_request_id", sa.String(128)),
+)
+
 schema_version = sa.Table(
     "callbot_schema_version",
     metadata,
@@ -101,9 +118,45 @@ def _add_enqueued_at(conn: Connection) -> None:
     conn.execute(sa.text(f"ALTER TABLE callbot_deliveries ADD COLUMN enqueued_at {column_type}"))
 
 
+def _track_calls(conn: Connection) -> None:
+    """Schema 3: the ``source`` column, the userTaskID index, and the calls table (created by
+    ``create_all``) filled from the order and call deliveries already recorded, so calls
+    signalled before the upgrade are not taken for missed ones."""
+    column_type = deliveries.c.source.type.compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE callbot_deliveries ADD COLUMN source {column_type}"))
+    for index in tasks.indexes:
+        index.create(conn, checkfirst=True)
+    rows = conn.execute(
+        sa.select(deliveries.c.request_id, deliveries.c.kind, deliveries.c.task_id)
+        .add_columns(deliveries.c.order_id, deliveries.c.body)
+        .where(deliveries.c.kind.in_(("order", "call")))
+        .order_by(deliveries.c.id)
+    )
+    seen: dict[tuple[str, str, str], dict[str, str | None]] = {}
+    for row in rows:
+        try:
+            call_id = json.loads(bytes(row.body))["callInfoDetail"]["callID"]
+        except (ValueError, KeyError, TypeError):  # recorded only if valid: cannot happen
+            continue
+        sighting = seen.setdefault(
+            (row.task_id, row.order_id, str(call_id)),
+            {"call_request_id": None, "order_request_id": None},
+        )
+        if sighting[f"{row.kind}_request_id"] is None:
+            sighting[f"{row.kind}_request_id"] = row.request_id
+    if seen:
+        conn.execute(
+            calls.insert(),
+            [
+                {"task_id": task, "order_id": order, "call_id": call, **values}
+                for (task, order, call), values in seen.items()
+            ],
+        )
+
+
 #: ``version -> step`` that upgrades tables at ``version - 1`` to ``version``, run in order by
 #: :func:`create_or_upgrade`. Fresh databases are created at the current version and skip them.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_enqueued_at}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_enqueued_at, 3: _track_calls}
 
 _LOCK_KEY = 0x43414C4C424F54  # "CALLBOT": the advisory lock that serialises schema changes
 
