@@ -40,6 +40,7 @@ from typing import Any, Literal, TypeGuard, get_args
 
 import httpx
 
+from .config import DEFAULTS, ApiSettings
 from .errors import MalformedBody, RequestRejected
 from .schemas import decode_body
 from .signing import ALGORITHMS, is_well_formed_uuid, parse_auth_headers, verify_signature
@@ -47,8 +48,8 @@ from .wire import serialize, sign_headers
 
 logger = logging.getLogger("flask_callbot")
 
-#: The vendor's production API.
-DEFAULT_BASE_URL = "https://nxbot.nxcloud.com"
+#: The vendor's production API (``CALLBOT_API_BASE_URL``'s default).
+DEFAULT_BASE_URL: str = DEFAULTS["CALLBOT_API_BASE_URL"]
 #: Where the v3 endpoints live under the base URL.
 API_PATH = "/callcentre/api/v3/"
 #: listOrderDetail takes at most this many order ids per call.
@@ -205,6 +206,20 @@ class CallbotAPI:
         self._clock = clock
         self._sleep = sleep
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    @classmethod
+    def from_settings(cls, settings: ApiSettings, **options: Any) -> CallbotAPI:
+        """The client an app's ``CALLBOT_API_*`` settings describe (``get_state(app).settings
+        .api``); ``options`` add or override constructor arguments (``transport``, ``clock``)."""
+        arguments: dict[str, Any] = {
+            "uuid": settings.uuid,
+            "secret_key": settings.secret_key,
+            "algorithm": settings.algorithm,
+            "timeout": settings.timeout,
+            "max_retries": settings.max_retries,
+            "response_signature": settings.response_signature,
+        }
+        return cls(settings.base_url, **{**arguments, **options})
 
     def __repr__(self) -> str:
         return (

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 from .signing import ALGORITHMS, is_well_formed_uuid
@@ -32,10 +33,37 @@ DEFAULTS: Mapping[str, Any] = {
     "CALLBOT_CELERY_QUEUE": None,
     "CALLBOT_METRICS": False,
     "CALLBOT_METRICS_REGISTRY": None,  # None: a registry of the app's own
+    "CALLBOT_API_BASE_URL": "https://nxbot.nxcloud.com",
+    "CALLBOT_API_UUID": None,  # None: CALLBOT_UUID
+    "CALLBOT_API_SECRET_KEY": None,  # None: the first CALLBOT_SECRET_KEY
+    "CALLBOT_API_ALGORITHM": "SHA256",
+    "CALLBOT_API_TIMEOUT": 10,
+    "CALLBOT_API_MAX_RETRIES": 3,
+    "CALLBOT_API_RESPONSE_SIGNATURE": "verify-if-present",
+    "CALLBOT_RECONCILE_LOOKBACK": 7 * 24 * 3600,
 }
+#: The keys that point the API client somewhere other than the defaults (``doctor`` pings the
+#: vendor only when one of them is set).
+API_KEYS = ("CALLBOT_API_BASE_URL", "CALLBOT_API_UUID", "CALLBOT_API_SECRET_KEY")
+RESPONSE_SIGNATURE_MODES = ("verify-if-present", "require", "off")
 DISPATCH_MODES = ("inline", "celery")
 #: What to install when ``CALLBOT_METRICS`` is on but prometheus_client is missing.
 METRICS_EXTRA_HINT = "pip install 'flask-callbot[metrics]'"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """How to reach the vendor's API (reconciliation, ``doctor``'s ping)."""
+
+    base_url: str
+    uuid: str
+    secret_key: str = field(repr=False)
+    algorithm: str
+    timeout: float
+    max_retries: int
+    response_signature: str
+    #: Whether the app set any of :data:`API_KEYS` itself.
+    configured: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +85,9 @@ class Settings:
     celery_retry_backoff: int
     celery_retry_backoff_max: int
     celery_queue: str | None
+    api: ApiSettings
+    #: ``CALLBOT_RECONCILE_LOOKBACK``: seconds back a plain ``reconcile`` looks (tasks updated).
+    reconcile_lookback: int
     metrics: bool = False
     #: ``CALLBOT_METRICS_REGISTRY`` when metrics are on; ``None``: a registry of the app's own.
     metrics_registry: CollectorRegistry | None = None
@@ -86,9 +117,11 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
     if not isinstance(engine_options, Mapping):
         raise ConfigurationError("CALLBOT_ENGINE_OPTIONS must be a dict of create_engine options")
     metrics = _flag(get, "CALLBOT_METRICS")
+    secret_keys = _secret_keys(get["CALLBOT_SECRET_KEY"])
+    uuid = _uuid(get["CALLBOT_UUID"])
     return Settings(
-        secret_keys=_secret_keys(get["CALLBOT_SECRET_KEY"]),
-        uuid=_uuid(get["CALLBOT_UUID"]),
+        secret_keys=secret_keys,
+        uuid=uuid,
         database_url=database_url,
         database_url_is_default=database_url_is_default,
         engine_options=dict(engine_options),
@@ -103,8 +136,48 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
         celery_retry_backoff=_positive_int(get, "CALLBOT_CELERY_RETRY_BACKOFF"),
         celery_retry_backoff_max=_positive_int(get, "CALLBOT_CELERY_RETRY_BACKOFF_MAX"),
         celery_queue=queue,
+        api=_api(get, config, uuid, secret_keys[0]),
+        reconcile_lookback=_positive_int(get, "CALLBOT_RECONCILE_LOOKBACK"),
         metrics=metrics,
         metrics_registry=_metrics_registry(get["CALLBOT_METRICS_REGISTRY"]) if metrics else None,
+    )
+
+
+def _api(
+    get: Mapping[str, Any], config: Mapping[str, Any], uuid: str, secret_key: str
+) -> ApiSettings:
+    base_url = get["CALLBOT_API_BASE_URL"]
+    parts = urlsplit(base_url) if isinstance(base_url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError("CALLBOT_API_BASE_URL must be an http(s) URL")
+    api_uuid = get["CALLBOT_API_UUID"]
+    if api_uuid is not None and (
+        not isinstance(api_uuid, str) or not is_well_formed_uuid(api_uuid)
+    ):
+        raise ConfigurationError("CALLBOT_API_UUID must be 1-64 characters of A-Z a-z 0-9 _ -")
+    api_key = get["CALLBOT_API_SECRET_KEY"]
+    if api_key is not None and (not isinstance(api_key, str) or not api_key):
+        raise ConfigurationError("CALLBOT_API_SECRET_KEY must be a non-empty string")
+    algorithm = get["CALLBOT_API_ALGORITHM"]
+    if not isinstance(algorithm, str) or algorithm.upper() not in ALGORITHMS:
+        raise ConfigurationError('CALLBOT_API_ALGORITHM must be "MD5" or "SHA256"')
+    timeout = get["CALLBOT_API_TIMEOUT"]
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigurationError("CALLBOT_API_TIMEOUT must be a positive number of seconds")
+    signature = get["CALLBOT_API_RESPONSE_SIGNATURE"]
+    if signature not in RESPONSE_SIGNATURE_MODES:
+        raise ConfigurationError(
+            "CALLBOT_API_RESPONSE_SIGNATURE must be one of " + ", ".join(RESPONSE_SIGNATURE_MODES)
+        )
+    return ApiSettings(
+        base_url=base_url.rstrip("/"),
+        uuid=api_uuid or uuid,
+        secret_key=api_key or secret_key,
+        algorithm=algorithm.upper(),
+        timeout=float(timeout),
+        max_retries=_positive_int(get, "CALLBOT_API_MAX_RETRIES", allow_zero=True),
+        response_signature=signature,
+        configured=any(config.get(key) is not None for key in API_KEYS),
     )
 
 

@@ -34,8 +34,10 @@ from typing import Any
 
 from .events import CallbackKind, TaskStatus
 from .routes import callback_url
+from .store import StoreReader
 from .tables import render_table
 from .testing import call_payload, order_payload, task_payload
+from .vendor_api import VendorBook
 from .wire import HttpReply, post_callback, serialize, sign_headers
 
 #: Intents a call script recognises: (tag, name as the script writes it, level).
@@ -83,6 +85,8 @@ class Delivery:
     skewed: bool = False
     #: Delivered later than created, by the reordering.
     reordered: bool = False
+    #: Sent by the vendor but lost on the way: never posted (reconciliation recovers it).
+    lost: bool = False
     label: str = ""
 
 
@@ -179,6 +183,7 @@ def build_campaign(
     skewed: float = 1.0,
     bad_signatures: float = 0.0,
     serialization: str = "python",
+    drop: float = 0.0,
     seed: int | None = None,
     run_id: str | None = None,
     span: int = 60,
@@ -190,7 +195,8 @@ def build_campaign(
     ``duplicates`` and ``bad_signatures`` are fractions of the genuine deliveries to send twice
     or to shadow with a forgery (sent just before the genuine one); ``reorder`` delivers about
     one in twenty late, and the PAUSED update after the RESUMED one; ``skew`` seconds are added
-    to ``createTs`` of a ``skewed`` fraction of deliveries. ``seed`` makes the shape repeatable;
+    to ``createTs`` of a ``skewed`` fraction of deliveries; ``drop`` is the fraction of genuine
+    deliveries lost on the way (never posted, never copied). ``seed`` makes the shape repeatable;
     ids are fresh on every call unless ``run_id`` is given. ``span`` is how many seconds the
     campaign's creation times cover; ``lines`` how many orders are being called at once;
     ``start`` (unix seconds, default now) anchors the timestamps inside the payloads.
@@ -203,6 +209,7 @@ def build_campaign(
         ("duplicates", duplicates),
         ("bad_signatures", bad_signatures),
         ("skewed", skewed),
+        ("drop", drop),
     ):
         if not 0 <= fraction <= 1:
             raise ValueError(f"{name} must be a fraction between 0 and 1")
@@ -214,6 +221,7 @@ def build_campaign(
     start = int(time.time()) if start is None else start
     task_id, user_task_id = f"sim-{run_id}", f"campaign-{run_id}"
     genuine: list[Delivery] = []
+    last_calls: dict[str, dict[str, Any]] = {}  # orderID -> its last call's callInfoDetail
     for created, ((kind, spec, label), at) in enumerate(zip(plan.events, ats, strict=True)):
         payload = _payload(
             kind,
@@ -224,6 +232,10 @@ def build_campaign(
             run_id=run_id,
             moment=start + at,
         )
+        if kind is CallbackKind.CALL:
+            last_calls[payload["orderID"]] = payload["callInfoDetail"]
+        elif kind is CallbackKind.ORDER:  # the order's last call, as its call callback told it
+            payload["callInfoDetail"] = _as_order_detail(last_calls[payload["orderID"]])
         genuine.append(
             Delivery(
                 created=created,
@@ -236,13 +248,17 @@ def build_campaign(
                 label=label,
             )
         )
+    if drop:
+        for index in rng.sample(range(len(genuine)), round(drop * len(genuine))):
+            genuine[index] = replace(genuine[index], lost=True)
+    delivered = [d for d in genuine if not d.lost]
     sequence = list(genuine)
     if reorder:
         sequence = _reorder(sequence, rng)
     if bad_signatures:
-        sequence = _forge(sequence, genuine, bad_signatures, rng, serialization, run_id)
+        sequence = _forge(sequence, delivered, bad_signatures, rng, serialization, run_id)
     if duplicates:
-        sequence = _duplicate(sequence, genuine, duplicates, rng)
+        sequence = _duplicate(sequence, delivered, duplicates, rng)
     return Campaign(
         run_id=run_id,
         task_id=task_id,
@@ -326,6 +342,12 @@ def _payload(
         other=f"crm-contact={order['number']}",
         callInfoDetail=_call_detail(kind, order, name, rng=rng, run_id=run_id, end=moment - 1),
     )
+
+
+def _as_order_detail(call_detail: dict[str, Any]) -> dict[str, Any]:
+    """A call callback's ``callInfoDetail`` as its order callback repeats it (the vendor lists
+    ``callingNumber`` and ``lineAddress`` on the call page only)."""
+    return {k: v for k, v in call_detail.items() if k not in ("callingNumber", "lineAddress")}
 
 
 def _call_detail(
@@ -572,6 +594,9 @@ class Summary:
             f"{sum(d.reordered for d in campaign.deliveries)} reordered",
             f"skew {campaign.skew:+d} s on {sum(d.skewed for d in campaign.genuine)}",
         ]
+        lost = sum(d.lost for d in campaign.deliveries)
+        if lost:
+            faults.append(f"{lost} lost (never sent)")
         return [
             f"task {campaign.task_id}: {campaign.orders} orders, {campaign.calls} calls",
             f"sent {len(self.results)} deliveries to {self.url} in {self.elapsed:.1f} s: "
@@ -640,6 +665,8 @@ def run_campaign(
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="callbot-sim") as pool:
         answers = _Answers(pool, progress)
         for position, delivery in enumerate(campaign.deliveries):
+            if delivery.lost:
+                continue
             if delay and position:
                 time.sleep(delay)
             # A task update goes alone, so the task's life arrives in the planned order.
@@ -791,3 +818,63 @@ def _expected(
     if age < window.max_age - _MARGIN and -age < window.max_future_skew - _MARGIN:
         return frozenset(accepted)
     return frozenset(accepted) | refused  # on the window's edge: either answer is right
+
+
+# -- What the vendor knows: its API's side of a campaign -------------------------------------------
+
+
+def vendor_book(campaign: Campaign, book: VendorBook | None = None) -> VendorBook:
+    """The vendor's record of ``campaign`` (every genuine delivery, lost ones included, in
+    creation order), for a fake of its API (:mod:`flask_callbot.vendor_api`) to answer from."""
+    book = book if book is not None else VendorBook()
+    for delivery in campaign.genuine:
+        book.record(delivery.kind, delivery.payload)
+    return book
+
+
+def differences(store: StoreReader, book: VendorBook, user_task_id: str) -> list[str]:
+    """Where the store's view of one task differs from the vendor's: its status and statistics,
+    each order's finish and last call, and the calls never reported. Empty when level."""
+    vendor_task = book.task(user_task_id)
+    if vendor_task is None:
+        return [f"the vendor does not know {user_task_id}"]
+    task_id = str(vendor_task["taskID"])
+    found: list[str] = []
+    task = store.get_task(task_id)
+    stat = vendor_task.get("taskStat") or {}
+    if task is None or task.status is None or int(task.status) != vendor_task["taskStatus"]:
+        found.append(
+            f"task {task_id}: status {task and task.status} != {vendor_task['taskStatus']}"
+        )
+    elif [task.stats[name] for name in _STAT_KEYS] != [
+        stat.get(key) for key in _STAT_KEYS.values()
+    ]:
+        found.append(f"task {task_id}: statistics differ")
+    _, reported_calls = store.reported(task_id)
+    for order in book.orders(user_task_id):
+        order_id = str(order["orderID"])
+        calls = sorted(
+            order["callInfoDetailList"], key=lambda c: (c.get("callStartTs") or 0, c["callID"])
+        )
+        stored = store.get_order(task_id, order_id)
+        if stored is None:
+            found.append(f"order {order_id}: missing")
+            continue
+        if stored.last_call_id != calls[-1]["callID"] or stored.finish != order.get("finish"):
+            found.append(f"order {order_id}: last call or finish differs")
+        missed = [c["callID"] for c in calls if (order_id, c["callID"]) not in reported_calls]
+        if missed:
+            found.append(f"order {order_id}: calls never reported {missed}")
+    return found
+
+
+#: The task statistics as the store names them, with the vendor's keys.
+_STAT_KEYS = {
+    "answer_order_count": "answerOrderCount",
+    "finish_order_count": "finishOrderCount",
+    "total_order_count": "totalOrderCount",
+    "finish_rate": "finishRate",
+    "total_answer_call": "totalAnswerCall",
+    "total_call": "totalCall",
+    "answer_rate": "answerRate",
+}

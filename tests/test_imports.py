@@ -32,7 +32,7 @@ RUNTIME = {
     "tables",  # the operations commands' plain-text tables (stdlib only)
 }
 #: What the debugging commands add (``send``, ``simulate``, ``verify``, ``doctor``, ``openapi``).
-TOOLS = {"cli_tools", "diagnostics", "openapi", "simulator", "testing", "wire"}
+TOOLS = {"cli_tools", "diagnostics", "openapi", "simulator", "testing", "vendor_api", "wire"}
 
 SETUP = """
 from flask import Flask

@@ -252,6 +252,7 @@ def _downgrade_to(store: Store, version: int) -> None:
         conn.exec_driver_sql("DROP TABLE callbot_calls")
         conn.exec_driver_sql("DROP INDEX ix_callbot_tasks_user_task_id")
         conn.exec_driver_sql("ALTER TABLE callbot_deliveries DROP COLUMN source")
+        conn.exec_driver_sql("ALTER TABLE callbot_orders DROP COLUMN order_request_id")
         if version < 2:
             conn.exec_driver_sql("ALTER TABLE callbot_deliveries DROP COLUMN enqueued_at")
         conn.execute(sa.text("UPDATE callbot_schema_version SET version = :v"), {"v": version})
@@ -269,7 +270,8 @@ def test_init_db_upgrades_version_1_tables(app: Flask, sender: Sender) -> None:
     assert store.get_schema_version() == 1
     fresh = _reopen(store)
     try:
-        assert run(app, "init-db").output == "callbot schema version 3\n"
+        result = run(app, "init-db")
+        assert result.output == "callbot schema version 3\n", result.exception
         assert store.get_delivery("kept").enqueued_at is None
         assert fresh.get_schema_version() == 3
     finally:
@@ -288,11 +290,12 @@ def test_version_2_tables_learn_the_calls_already_signalled(app: Flask, sender: 
     fresh = _reopen(store)
     try:
         assert run(app, "init-db").output == "callbot schema version 3\n"
-        assert fresh.call_sightings("T100") == {("o1", "call-1"): (True, True)}
+        assert fresh.reported("T100") == ({"o1"}, {("o1", "call-1")})
         assert fresh.get_task_by_user_task_id("no-such-task") is None
         with record_signals(sender=app) as sent:
             assert_reply(sender.post("call", first, request_id="c-1-again"), 200, 0)
-        assert names(sent) == ["callback-received"]  # recorded, but not news
+            assert_reply(sender.post("order", first, request_id="o-1-again"), 200, 0)
+        assert names(sent) == ["callback-received"] * 2  # recorded, but not news
     finally:
         fresh.dispose()
 

@@ -41,10 +41,10 @@ class StoreReader:
         recently updated first; only those updated at or after ``since``, if given."""
         return queries.unfinished_tasks(self._db, since=since)
 
-    def call_sightings(self, task_id: str) -> dict[tuple[str, str], tuple[bool, bool]]:
-        """Every call of a task the store was told of, by ``(orderID, callID)``: ``(reported by
-        a call callback, reported as its order's last call by an order callback)``."""
-        return queries.call_sightings(self._db, task_id)
+    def reported(self, task_id: str) -> tuple[set[str], set[tuple[str, str]]]:
+        """What the vendor's callbacks reported of one task: the orderIDs an order callback
+        reported, and the ``(orderID, callID)`` pairs a call callback did."""
+        return queries.reported(self._db, task_id)
 
     def get_order(self, task_id: str, order_id: str) -> OrderState | None:
         """What the newest order or call callback said about one order of one task."""

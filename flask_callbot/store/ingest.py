@@ -6,10 +6,11 @@ transaction that locks the task's (or order's) row, decides stale or transition 
 the row, so concurrent workers never process a requestID twice and a task never moves
 backwards. The statements are built once per dialect.
 
-An order or call delivery is news when it is the first report of its call as that kind (one
-upsert on ``callbot_calls`` decides it, atomically): only news is signalled, so a late copy of a
-callback that reconciliation recovered sends ``order_received`` / ``call_received`` no second
-time.
+An order or call delivery is news when it is the first report of its order (an order
+callback: decided on the order's locked row) or of its call (a call callback: one upsert on
+``callbot_calls``): only news is signalled, so a late copy of a callback that reconciliation
+recovered, or a resend under a new requestID, sends ``order_received`` / ``call_received`` no
+second time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -89,7 +89,10 @@ def record(
                 event.call.call_start_ts, delivery.request_ts, KIND_RANK[delivery.kind]
             )
             applied = order_is_newer(incoming, stored)
-            news = _first_report(conn, sql, delivery, event)
+            if delivery.kind is CallbackKind.ORDER:
+                news = order.order_request_id is None
+            else:
+                news = _first_call_report(conn, sql, delivery, event)
         inserted = conn.execute(
             sql.insert_delivery,
             {
@@ -116,7 +119,7 @@ def record(
             if applied:
                 _apply_task(conn, sql, event, at)
         else:
-            _apply_order(conn, sql, delivery, event, applied=applied, at=at)
+            _apply_order(conn, sql, delivery, event, applied=applied, news=news, at=at)
         return Claim(ClaimVerdict.NEW, transition, news)
 
 
@@ -209,8 +212,8 @@ class _Statements:
     apply_task: Any
     apply_order: Any
     finish_delivery: Any
-    #: By kind: claim the first report of a call (returns a row only if this one is first).
-    first_report: Mapping[CallbackKind, Any]
+    #: Claim the first report of a call (returns a row only if this one is the first).
+    report_call: Any
 
 
 @functools.cache
@@ -238,34 +241,21 @@ def _statements(dialect_name: str) -> _Statements:
         finish_delivery=deliveries.update().where(
             deliveries.c.request_id == sa.bindparam("k_request_id")
         ),
-        first_report={
-            kind: _first_report_statement(dialect_insert, f"{kind.value}_request_id")
-            for kind in (CallbackKind.ORDER, CallbackKind.CALL)
-        },
+        report_call=dialect_insert(calls).on_conflict_do_nothing().returning(calls.c.call_id),
     )
 
 
-def _first_report_statement(dialect_insert: Any, column: str) -> Any:
-    insert = dialect_insert(calls)
-    return insert.on_conflict_do_update(
-        index_elements=["task_id", "order_id", "call_id"],
-        set_={column: insert.excluded[column]},
-        where=calls.c[column].is_(None),
-    ).returning(calls.c.call_id)
-
-
-def _first_report(
+def _first_call_report(
     conn: Connection, sql: _Statements, delivery: NewDelivery, event: OrderEvent | CallEvent
 ) -> bool:
-    """Record that this delivery reported its call (as an order or a call); whether it is the
-    first to: the delivery's news."""
+    """Record that this call callback reported its call; whether it is the first to (news)."""
     reported = conn.execute(
-        sql.first_report[delivery.kind],
+        sql.report_call,
         {
             "task_id": event.task_id,
-            "call_id": event.call.call_id,
             "order_id": event.order_id,
-            f"{delivery.kind.value}_request_id": delivery.request_id,
+            "call_id": event.call.call_id,
+            "request_id": delivery.request_id,
         },
     ).first()
     return reported is not None
@@ -309,6 +299,7 @@ def _apply_order(
     event: OrderEvent | CallEvent,
     *,
     applied: bool,
+    news: bool,
     at: datetime,
 ) -> None:
     values: dict[str, Any] = {
@@ -316,6 +307,8 @@ def _apply_order(
         "k_order_id": event.order_id,
         "updated_at": at,
     }
+    if news and delivery.kind is CallbackKind.ORDER:
+        values["order_request_id"] = delivery.request_id
     if applied:
         call = event.call
         values.update(

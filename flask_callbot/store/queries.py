@@ -70,15 +70,15 @@ def unfinished_tasks(db: Database, *, since: datetime | None = None) -> list[Tas
         return [task_state(row) for row in conn.execute(query)]
 
 
-def call_sightings(db: Database, task_id: str) -> dict[tuple[str, str], tuple[bool, bool]]:
-    query = sa.select(
-        calls.c.order_id,
-        calls.c.call_id,
-        calls.c.call_request_id.is_not(None),
-        calls.c.order_request_id.is_not(None),
-    ).where(calls.c.task_id == task_id)
+def reported(db: Database, task_id: str) -> tuple[set[str], set[tuple[str, str]]]:
+    orders_query = sa.select(orders.c.order_id).where(
+        orders.c.task_id == task_id, orders.c.order_request_id.is_not(None)
+    )
+    calls_query = sa.select(calls.c.order_id, calls.c.call_id).where(calls.c.task_id == task_id)
     with db.reading() as conn:
-        return {(row[0], row[1]): (bool(row[2]), bool(row[3])) for row in conn.execute(query)}
+        reported_orders = set(conn.execute(orders_query).scalars())
+        reported_calls = {(row[0], row[1]) for row in conn.execute(calls_query)}
+    return reported_orders, reported_calls
 
 
 def list_deliveries(

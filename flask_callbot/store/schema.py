@@ -89,20 +89,21 @@ orders = sa.Table(
     sa.Column("last_kind", sa.String(8)),
     sa.Column("last_request_id", sa.String(128)),
     sa.Column("callbacks", sa.Integer, nullable=False, server_default="0"),
+    # Schema 3: the order callback that first reported the order (later ones are not news).
+    sa.Column("order_request_id", sa.String(128)),
     sa.Column("updated_at", sa.DateTime(timezone=True)),
 )
 
-#: Schema 3: every call the store was told of, and which delivery first reported it as a call
-#: and as its order's last call. A later report of the same call (a late copy of a callback
-#: that reconciliation recovered, a resend) is recorded but not signalled again.
+#: Schema 3: every call a call callback reported, and the first delivery that did. A later
+#: report of the same call (a late copy of a callback that reconciliation recovered, a resend)
+#: is recorded but not signalled again.
 calls = sa.Table(
     "callbot_calls",
     metadata,
     sa.Column("task_id", sa.String(255), primary_key=True),
     sa.Column("order_id", sa.String(255), primary_key=True),
     sa.Column("call_id", sa.String(255), primary_key=True),
-    sa.Column("call_request_id", sa.String(128)),
-    sa.Column("order_request_id", sa.String(128)),
+    sa.Column("request_id", sa.String(128), nullable=False),
 )
 
 schema_version = sa.Table(
@@ -118,45 +119,54 @@ def _add_enqueued_at(conn: Connection) -> None:
     conn.execute(sa.text(f"ALTER TABLE callbot_deliveries ADD COLUMN enqueued_at {column_type}"))
 
 
-def _track_calls(conn: Connection) -> None:
-    """Schema 3: the ``source`` column, the userTaskID index, and the calls table (created by
-    ``create_all``) filled from the order and call deliveries already recorded, so calls
-    signalled before the upgrade are not taken for missed ones."""
-    column_type = deliveries.c.source.type.compile(dialect=conn.dialect)
-    conn.execute(sa.text(f"ALTER TABLE callbot_deliveries ADD COLUMN source {column_type}"))
+def _track_reports(conn: Connection) -> None:
+    """Schema 3: the ``source`` column, the userTaskID index, and the first report of each call
+    (the calls table, created by ``create_all``) and of each order, filled from the deliveries
+    already recorded, so nothing signalled before the upgrade is taken for missed."""
+    for table, column in ((deliveries, "source"), (orders, "order_request_id")):
+        column_type = table.c[column].type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column} {column_type}"))
     for index in tasks.indexes:
         index.create(conn, checkfirst=True)
+    first = (
+        sa.select(sa.func.min(deliveries.c.id))
+        .where(deliveries.c.kind == "order")
+        .group_by(deliveries.c.task_id, deliveries.c.order_id)
+    )
+    conn.execute(
+        orders.update().values(
+            order_request_id=sa.select(deliveries.c.request_id)
+            .where(
+                deliveries.c.id.in_(first),
+                deliveries.c.task_id == orders.c.task_id,
+                deliveries.c.order_id == orders.c.order_id,
+            )
+            .scalar_subquery()
+        )
+    )
     rows = conn.execute(
-        sa.select(deliveries.c.request_id, deliveries.c.kind, deliveries.c.task_id)
-        .add_columns(deliveries.c.order_id, deliveries.c.body)
-        .where(deliveries.c.kind.in_(("order", "call")))
+        sa.select(deliveries.c.request_id, deliveries.c.task_id, deliveries.c.order_id)
+        .add_columns(deliveries.c.body)
+        .where(deliveries.c.kind == "call")
         .order_by(deliveries.c.id)
     )
-    seen: dict[tuple[str, str, str], dict[str, str | None]] = {}
+    seen: dict[tuple[str, str, str], str] = {}
     for row in rows:
-        try:
-            call_id = json.loads(bytes(row.body))["callInfoDetail"]["callID"]
-        except (ValueError, KeyError, TypeError):  # recorded only if valid: cannot happen
-            continue
-        sighting = seen.setdefault(
-            (row.task_id, row.order_id, str(call_id)),
-            {"call_request_id": None, "order_request_id": None},
-        )
-        if sighting[f"{row.kind}_request_id"] is None:
-            sighting[f"{row.kind}_request_id"] = row.request_id
+        call_id = json.loads(bytes(row.body))["callInfoDetail"]["callID"]  # validated on entry
+        seen.setdefault((row.task_id, row.order_id, str(call_id)), row.request_id)
     if seen:
         conn.execute(
             calls.insert(),
             [
-                {"task_id": task, "order_id": order, "call_id": call, **values}
-                for (task, order, call), values in seen.items()
+                {"task_id": task, "order_id": order, "call_id": call, "request_id": request_id}
+                for (task, order, call), request_id in seen.items()
             ],
         )
 
 
 #: ``version -> step`` that upgrades tables at ``version - 1`` to ``version``, run in order by
 #: :func:`create_or_upgrade`. Fresh databases are created at the current version and skip them.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_enqueued_at, 3: _track_calls}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_enqueued_at, 3: _track_reports}
 
 _LOCK_KEY = 0x43414C4C424F54  # "CALLBOT": the advisory lock that serialises schema changes
 
