@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from celery import Celery, Task
 from flask import Flask
@@ -23,6 +24,7 @@ logger = logging.getLogger("flask_callbot")
 
 PROCESS_TASK = "flask_callbot.process_delivery"
 SWEEP_TASK = "flask_callbot.sweep"
+RECONCILE_TASK = "flask_callbot.reconcile"
 
 
 def init_celery(app: Flask, celery_app: Celery | None = None) -> None:
@@ -67,6 +69,11 @@ def register_tasks(
         with app.app_context():
             return len(sweep(app, unqueued_after=unqueued_after, stalled_after=stalled_after))
 
+    @celery_app.task(name=RECONCILE_TASK, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    def reconcile_task(orders: bool = True, lookback: int | None = None) -> dict[str, int]:
+        with app.app_context():
+            return scheduled_reconcile(app, orders=orders, lookback=lookback)
+
     def enqueue(request_id: str) -> None:
         process_delivery.apply_async(
             args=(request_id,),
@@ -81,6 +88,31 @@ def register_tasks(
 def retry_countdown(retries: int, backoff: int, backoff_max: int) -> int:
     """Exponential backoff: ``backoff``, twice that, four times..., capped at ``backoff_max``."""
     return int(min(backoff * 2**retries, backoff_max))
+
+
+def scheduled_reconcile(
+    app: Flask, *, orders: bool = True, lookback: int | None = None
+) -> dict[str, int]:
+    """One scheduled reconciliation (the ``flask_callbot.reconcile`` task, for Celery beat):
+    the unfinished tasks updated in the last ``lookback`` seconds (``CALLBOT_RECONCILE_LOOKBACK``
+    by default), their orders and calls with ``orders``. Needs flask-callbot[api]. Returns the
+    counts it logs; the differences it records are enqueued like callbacks."""
+    from .reconcile import api_client, reconcile  # httpx: only when reconciling
+
+    state = get_state(app)
+    seconds = state.settings.reconcile_lookback if lookback is None else lookback
+    since = datetime.fromtimestamp(state.clock() - seconds, UTC)
+    with api_client(app) as api:
+        report = reconcile(app, api, since=since, orders=orders)
+    counts = {
+        "tasks_checked": report.tasks_checked,
+        "differences": len(report.findings),
+        "errors": len(report.errors),
+    }
+    for error in report.errors:
+        logger.warning("callbot: reconcile: %s", error)
+    logger.info("callbot: reconcile %s", " ".join(f"{k}={v}" for k, v in counts.items()))
+    return counts
 
 
 def sweep(app: Flask, *, unqueued_after: int = 60, stalled_after: int = 3600) -> list[str]:

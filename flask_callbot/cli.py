@@ -9,9 +9,10 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
 from .dispatch import replay
@@ -20,6 +21,10 @@ from .events import CallbackKind, TaskStatus
 from .state import current_flask_app, get_state
 from .store import DeliveryState, Store, StoredDelivery, TaskState
 from .tables import render_table
+
+if TYPE_CHECKING:
+    from .client import CallbotAPI
+    from .reconcile import Report
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -77,7 +82,7 @@ class CallbotGroup(AppGroup):
 def create_group() -> CallbotGroup:
     """The blueprint's command group (named ``callbot`` when the blueprint is registered)."""
     group = CallbotGroup()
-    for command in (events, show, replay_command, tasks, prune, init_db, sweep):
+    for command in (events, show, replay_command, tasks, prune, init_db, sweep, reconcile_command):
         group.add_command(command)
     return group
 
@@ -304,6 +309,112 @@ def sweep(older_than: timedelta, stalled_after: timedelta) -> None:
     for request_id in found:
         click.echo(f"{request_id}: enqueued")
     click.echo(f"{len(found)} enqueued")
+
+
+@click.command("reconcile")
+@with_appcontext
+@click.argument("user_task_ids", nargs=-1)
+@click.option(
+    "--since",
+    callback=_moment_option,
+    help="Only tasks the store heard of at or after: ISO time, or 7d (ago). Default: all.",
+)
+@click.option("--orders", is_flag=True, help="Also the tasks' orders and calls.")
+@click.option("--dry-run", is_flag=True, help="Find the differences, record nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def reconcile_command(
+    user_task_ids: Sequence[str],
+    since: datetime | timedelta | None,
+    orders: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Recover what lost callbacks left out, through the vendor's API.
+
+    Asks the vendor about the tasks named by USER_TASK_IDS, or every task the store knows whose
+    last applied status is not final, and records each difference as a delivery of its own:
+    the same signals a callback would have sent, once. Safe to run at any time and on a
+    schedule. Needs flask-callbot[api]; talks to CALLBOT_API_BASE_URL.
+    """
+    try:
+        from .reconcile import api_client, reconcile
+    except ImportError as exc:
+        raise click.ClickException(f"reconcile needs {exc.name}: {API_EXTRA_HINT}") from None
+    app = current_flask_app()
+    targets = list(user_task_ids) or None
+    with api_client(app) as api:
+        if as_json or (targets is not None and len(targets) < 2):
+            report = reconcile(
+                app,
+                api,
+                user_task_ids=targets,
+                since=_moment(since),
+                orders=orders,
+                dry_run=dry_run,
+            )
+        else:
+            report = _reconcile_with_progress(app, api, targets, _moment(since), orders, dry_run)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        echo_report(report, dry_run=dry_run)
+    if report.errors:
+        sys.exit(1)
+
+
+#: What to install for the commands that talk to the vendor's API.
+API_EXTRA_HINT = "pip install 'flask-callbot[api]'"
+
+
+def _reconcile_with_progress(
+    app: Flask,
+    api: CallbotAPI,
+    targets: list[str] | None,
+    since: datetime | None,
+    orders: bool,
+    dry_run: bool,
+) -> Report:
+    """Reconcile with a progress bar on stderr (shown only on a terminal)."""
+    from .reconcile import reconcile
+
+    count = len(targets) if targets is not None else len(_store().unfinished_tasks(since=since))
+    with click.progressbar(length=count, label="reconciling", file=sys.stderr) as bar:
+        return reconcile(
+            app,
+            api,
+            user_task_ids=targets,
+            since=since,
+            orders=orders,
+            dry_run=dry_run,
+            progress=lambda _: bar.update(1),
+        )
+
+
+def echo_report(report: Report, *, dry_run: bool) -> None:
+    """The reconcile report (``reconcile``, ``simulate --reconcile``): a table of
+    differences, the errors, a closing count."""
+    _echo_table(
+        ("KIND", "USER TASK", "ORDER", "CALL", "CHANGE", "RESULT"),
+        (
+            (
+                f.planned.kind.value,
+                f.planned.user_task_id,
+                f.planned.order_id or "",
+                f.planned.call_id or "",
+                f.planned.change,
+                f.result,
+            )
+            for f in report.findings
+        ),
+    )
+    for error in report.errors:
+        click.echo(f"error: {error}", err=True)
+    verb = "found" if dry_run else "recorded"
+    click.echo(
+        f"checked {report.tasks_checked} task(s), {report.orders_checked} order(s), "
+        f"{report.calls_checked} call(s): {len(report.findings)} difference(s) {verb}, "
+        f"{len(report.errors)} error(s)"
+    )
 
 
 def _echo_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:

@@ -11,9 +11,10 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from flask.cli import with_appcontext
@@ -25,9 +26,12 @@ from .events import CallbackKind
 from .openapi import build_openapi
 from .routes import callback_url, split_callback_url
 from .simulator import Campaign, Result, Summary, Window, build_campaign, run_campaign
-from .state import current_flask_app, get_state
+from .state import current_flask_app, get_state, get_store
 from .testing import call_payload, order_payload, task_payload
 from .wire import SERIALIZATIONS, HttpReply, post_callback, serialize, sign_headers
+
+if TYPE_CHECKING:
+    from .vendor_api import Faults
 
 _Command = TypeVar("_Command", bound=Callable[..., Any])
 _KINDS = click.Choice([k.value for k in CallbackKind])
@@ -277,6 +281,28 @@ def _echo_reply(reply: HttpReply) -> None:
     show_default=True,
     help="Fraction of deliveries shadowed by a forgery (wrong key, or body changed).",
 )
+@click.option(
+    "--drop",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of genuine deliveries lost on the way (never sent, as a callback the "
+    "vendor sent while the receiver was down).",
+)
+@click.option(
+    "--reconcile",
+    "repair",
+    is_flag=True,
+    help="Afterwards, serve a fake of the vendor's API on loopback from the campaign and "
+    "reconcile this app's store against it (--orders); exits 1 unless the store then matches "
+    "the vendor. The receiver at URL must use this app's store.",
+)
+@click.option(
+    "--api-faults",
+    callback=lambda ctx, param, value: _faults(value),
+    help="Faults of the fake vendor API during --reconcile, e.g. busy=2,http=1,slow=1,forged=1 "
+    "(how many calls answer retCode 7, HTTP 503, 2 s late, wrongly signed).",
+)
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--seed", type=int, help="Repeat a campaign's shape (its ids stay fresh).")
 @click.option(
@@ -295,6 +321,9 @@ def simulate(
     skew: int,
     skewed: float,
     bad_signatures: float,
+    drop: float,
+    repair: bool,
+    api_faults: Faults,
     concurrency: int,
     seed: int | None,
     delay: float,
@@ -309,6 +338,7 @@ def simulate(
     called; the task statistics add up. URL is the base URL with the blueprint's prefix (a full
     callback URL works too). Expected: 200/0 for genuine and duplicate deliveries, 401/6 for
     forgeries and for a skew outside the app's window. Exits 1 on any unexpected answer.
+    With --drop and --reconcile, watch reconciliation repair what the lost callbacks left out.
     """
     base, _ = _base_url(url)
     state = get_state()
@@ -321,6 +351,7 @@ def simulate(
         skewed=skewed,
         bad_signatures=bad_signatures,
         serialization=serialization,
+        drop=drop,
         seed=seed,
         span=min(60, max(1, state.settings.max_age // 3)),
     )
@@ -335,8 +366,50 @@ def simulate(
     )
     for line in summary.report():
         click.echo(line)
-    if not summary.ok:
+    repaired = _reconcile_campaign(campaign, api_faults) if repair else True
+    if not summary.ok or not repaired:
         raise SystemExit(1)
+
+
+def _faults(spec: str | None) -> Faults:
+    """``busy=2,http=1,slow=1,forged=1`` as the fake vendor's :class:`Faults`."""
+    from .vendor_api import Faults
+
+    names = {"busy": "busy", "http": "http_errors", "slow": "slow", "forged": "forged"}
+    faults = Faults(delay=2.0)
+    for part in filter(None, (spec or "").split(",")):
+        name, _, count = part.partition("=")
+        if name.strip() not in names or not count.strip().isdigit():
+            raise click.BadParameter(f"{part!r}: use busy=N, http=N, slow=N or forged=N")
+        setattr(faults, names[name.strip()], int(count))
+    return faults
+
+
+def _reconcile_campaign(campaign: Campaign, faults: Faults) -> bool:
+    """Serve the vendor's API for ``campaign`` on loopback and reconcile this app against it;
+    whether the store then matches the vendor."""
+    from .cli import echo_report
+    from .client import CallbotAPI
+    from .reconcile import reconcile
+    from .simulator import differences, vendor_book
+    from .vendor_api import FakeVendor, serve_vendor_api
+
+    app, state = current_flask_app(), get_state()
+    api = state.settings.api
+    vendor = FakeVendor(uuid=api.uuid, secret_key=api.secret_key, faults=faults, clock=state.clock)
+    vendor_book(campaign, vendor.book)
+    with (
+        serve_vendor_api(vendor) as api_url,
+        CallbotAPI.from_settings(replace(api, base_url=api_url), clock=state.clock) as client,
+    ):
+        click.echo(f"reconciling {campaign.user_task_id} against a fake vendor API at {api_url}")
+        report = reconcile(app, client, user_task_ids=[campaign.user_task_id], orders=True)
+    echo_report(report, dry_run=False)
+    found = differences(get_store(app), vendor.book, campaign.user_task_id)
+    for line in found:
+        click.echo(f"still differs: {line}")
+    click.echo("the store matches the vendor" if not found else f"{len(found)} difference(s) left")
+    return not found and not report.errors
 
 
 def _run_with_progress_bar(
@@ -418,8 +491,15 @@ def verify(capture: Any, kind: str | None, now: float | datetime | timedelta | N
     help="A trusted current time to compare the system clock with (unix seconds or ISO), "
     "e.g. `date +%s` on a machine you trust.",
 )
-def doctor(reference: float | datetime | timedelta | None) -> None:
-    """Check the configuration: secret, uuid, algorithms, store, clock. Exits 1 on a problem."""
+@click.option(
+    "--ping/--no-ping",
+    default=None,
+    help="Ping the vendor's API (reachability, credentials, its clock) [default: when a "
+    "CALLBOT_API_* location or credential is set].",
+)
+def doctor(reference: float | datetime | timedelta | None, ping: bool | None) -> None:
+    """Check the configuration: secret, uuid, algorithms, store, clock, vendor API. Exits 1 on
+    a problem."""
     state = get_state()
     steps = check_configuration(
         state.settings,
@@ -427,6 +507,8 @@ def doctor(reference: float | datetime | timedelta | None) -> None:
         now=state.clock(),
         system_now=time.time(),
         reference=None if reference is None else _timestamp(reference),
+        ping=ping,
+        clock=state.clock,
     )
     for step in steps:
         click.echo(step.line())

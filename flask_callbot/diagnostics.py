@@ -12,7 +12,8 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -54,6 +55,8 @@ class StepStatus(StrEnum):
 
 
 _SHORT_SECRET = 16
+#: Seconds the vendor's clock may differ from ours before the doctor warns.
+_CLOCK_TOLERANCE = 5
 #: A system clock before this is surely wrong (unix seconds: 2024-01-01).
 _EARLIEST_PLAUSIBLE = 1_704_067_200
 _STYLE_NAMES = {
@@ -409,18 +412,59 @@ def check_configuration(
     now: float,
     system_now: float,
     reference: float | None = None,
+    ping: bool | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> list[Step]:
-    """The doctor's checklist: secret, uuid, algorithms, store, clock. PROBLEM means broken.
+    """The doctor's checklist: secret, uuid, algorithms, store, clock, and the vendor's API.
+    PROBLEM means broken.
 
     What registration already refuses (no key, an empty key, a malformed uuid, an unknown
-    algorithm: see :func:`flask_callbot.config.load_settings`) is not checked again here.
+    algorithm: see :func:`flask_callbot.config.load_settings`) is not checked again here. The
+    vendor is pinged when ``ping`` says so, by default when the app sets a ``CALLBOT_API_*``
+    location or credential (``settings.api.configured``), with the app's ``clock``.
     """
     steps = _check_secrets(settings.secret_keys)
     steps.append(Step(StepStatus.OK, "uuid", f"{settings.uuid} is well formed"))
     steps += _check_algorithms(settings.sign_algorithms)
     steps.append(_check_store(store))
     steps += _check_clock(settings, now=now, system_now=system_now, reference=reference)
+    if settings.api.configured if ping is None else ping:
+        steps += check_vendor_api(settings, clock=clock)
     return steps
+
+
+def check_vendor_api(settings: Settings, *, clock: Callable[[], float] = time.time) -> list[Step]:
+    """Ping the vendor's API: reachable, our credentials accepted, and its clock against ours
+    (a vendor clock off by more than the window makes every callback refused)."""
+    api = settings.api
+    try:
+        from .client import ApiError, ApiRefused, CallbotAPI
+    except ImportError:
+        detail = "not checked: the API client needs pip install 'flask-callbot[api]'"
+        return [Step(StepStatus.WARN, "vendor API", detail)]
+    try:
+        with CallbotAPI.from_settings(api, clock=clock, max_retries=0) as client:
+            ping = client.ping()
+    except ApiRefused as exc:
+        status = StepStatus.PROBLEM
+        if exc.ret_code in (6, 6001, 6002, 6003):
+            return [Step(status, "vendor API", f"{api.base_url} refused our credentials: {exc}")]
+        return [Step(status, "vendor API", f"{api.base_url}: {exc}")]
+    except ApiError as exc:
+        return [Step(StepStatus.PROBLEM, "vendor API", f"{api.base_url} unreachable: {exc}")]
+    reached = (
+        f"{api.base_url} reachable as {api.uuid}, credentials accepted "
+        f"({ping.round_trip * 1000:.0f} ms)"
+    )
+    offset = ping.offset
+    gap = f"the vendor's clock is {abs(offset):.1f} s {'ahead of' if offset > 0 else 'behind'} ours"
+    if offset > settings.max_future_skew or -offset > settings.max_age:
+        clock_step = Step(StepStatus.PROBLEM, "vendor clock", f"{gap}: outside the window")
+    elif abs(offset) > _CLOCK_TOLERANCE:
+        clock_step = Step(StepStatus.WARN, "vendor clock", f"{gap}: is NTP running?")
+    else:
+        clock_step = Step(StepStatus.OK, "vendor clock", gap)
+    return [Step(StepStatus.OK, "vendor API", reached), clock_step]
 
 
 def _check_secrets(keys: Sequence[str]) -> list[Step]:

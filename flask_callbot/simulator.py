@@ -233,6 +233,8 @@ def build_campaign(
             moment=start + at,
         )
         if kind is CallbackKind.CALL:
+            previous = last_calls.get(payload["orderID"])
+            payload["callInfoDetail"] = _after(payload["callInfoDetail"], previous)
             last_calls[payload["orderID"]] = payload["callInfoDetail"]
         elif kind is CallbackKind.ORDER:  # the order's last call, as its call callback told it
             payload["callInfoDetail"] = _as_order_detail(last_calls[payload["orderID"]])
@@ -342,6 +344,25 @@ def _payload(
         other=f"crm-contact={order['number']}",
         callInfoDetail=_call_detail(kind, order, name, rng=rng, run_id=run_id, end=moment - 1),
     )
+
+
+def _after(detail: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """A call attempt that starts after its order's previous attempt ended: the plan packs a
+    campaign's creation times into seconds while a talk lasts minutes, and an order's last
+    call must be its latest by start time (the vendor's and the store's rule)."""
+    if previous is None or detail["callStartTs"] > previous["callEndTs"]:
+        return detail
+    start = previous["callEndTs"] + 1
+    end = max(detail["callEndTs"], start + 1)
+    talk = min(detail["callDuration"], end - start)
+    answered = detail["callAnswerTs"] != 0
+    return {
+        **detail,
+        "callStartTs": start,
+        "callAnswerTs": end - talk if answered else 0,
+        "callEndTs": end,
+        "callDuration": talk,
+    }
 
 
 def _as_order_detail(call_detail: dict[str, Any]) -> dict[str, Any]:
