@@ -110,8 +110,10 @@ class Report:
 
 
 def api_client(app: Flask, **options: Any) -> CallbotAPI:
-    """A client of the vendor's API as ``app``'s ``CALLBOT_API_*`` settings describe it."""
-    return CallbotAPI.from_settings(get_state(app).settings.api, **options)
+    """A client of the vendor's API as ``app``'s ``CALLBOT_API_*`` settings describe it, on the
+    app's clock (the one its deliveries are stamped with)."""
+    state = get_state(app)
+    return CallbotAPI.from_settings(state.settings.api, **{"clock": state.clock, **options})
 
 
 def reconcile(

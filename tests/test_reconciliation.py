@@ -9,21 +9,34 @@ no transition, order or call signal again; vendor errors leave the task untouche
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery import Celery
 from flask import Flask
 
-from flask_callbot import TaskStatus, get_store, signals
+from flask_callbot import DeliveryState, TaskStatus, get_store, signals
+from flask_callbot.celery_dispatch import RECONCILE_TASK, init_celery
 from flask_callbot.client import CallbotAPI
 from flask_callbot.reconcile import REQUEST_ID_PREFIX, api_client, reconcile
 from flask_callbot.simulator import Campaign, build_campaign, differences, run_campaign, vendor_book
 from flask_callbot.testing import SentSignal, record_signals, task_payload
 from flask_callbot.vendor_api import FakeVendor, VendorBook, serve_vendor_api
 
-from support import NOW, SECRET, UUID, Clock, Sender, assert_reply, names, order_call_payload
+from support import (
+    NOW,
+    SECRET,
+    UUID,
+    Clock,
+    Sender,
+    assert_reply,
+    free_port,
+    names,
+    order_call_payload,
+)
 
 
 @pytest.fixture
@@ -305,3 +318,105 @@ def test_the_apps_settings_build_the_client(make_app: Any, api_url: str) -> None
         assert client.base_url == api_url
         assert client.uuid == UUID and SECRET not in repr(client)
         assert isinstance(VendorBook(), VendorBook)
+
+
+# -- The command, the beat task, the doctor -----------------------------------------------------
+
+
+def cli(app: Flask, *args: str) -> Any:
+    return app.test_cli_runner().invoke(args=["callbot", *args])
+
+
+@pytest.fixture
+def api_app(make_app: Any, api_url: str) -> Flask:
+    """An app whose CALLBOT_API_BASE_URL is the fake vendor's."""
+    return make_app(CALLBOT_API_BASE_URL=api_url, CALLBOT_API_MAX_RETRIES=0)
+
+
+def test_the_reconcile_command(api_app: Flask, clock: Clock, vendor: FakeVendor) -> None:
+    sender = Sender(api_app.test_client(), clock)
+    for number in range(3):
+        payload = task_payload(taskID=f"T{number}", userTaskID=f"u{number}", taskStatus=2)
+        assert_reply(sender.post("task", payload, request_id=f"r{number}"), 200, 0)
+        vendor.book.record_task({**payload, "taskStatus": 3 if number else 2})
+    clock.now += 10
+    dry = cli(api_app, "reconcile", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "would record" in dry.output
+    assert dry.output.endswith(
+        "checked 3 task(s), 0 order(s), 0 call(s): 2 difference(s) found, 0 error(s)\n"
+    )
+    result = cli(api_app, "reconcile", "--since", "1h")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()  # the progress bar goes to stderr
+    assert lines[0].split() == ["KIND", "USER", "TASK", "ORDER", "CALL", "CHANGE", "RESULT"]
+    assert "u1" in lines[1] and "IN_PROGRESS -> COMPLETED  recorded" in lines[1]
+    assert (
+        lines[-1]
+        == "checked 3 task(s), 0 order(s), 0 call(s): 2 difference(s) recorded, 0 error(s)"
+    )
+    again = cli(api_app, "reconcile", "--json")
+    assert json.loads(again.stdout)["findings"] == []
+    assert json.loads(again.stdout)["tasks_checked"] == 1  # only u0 is unfinished now
+
+
+def test_the_reconcile_command_fails_on_vendor_errors(
+    api_app: Flask, clock: Clock, vendor: FakeVendor
+) -> None:
+    vendor.faults.http_errors = 5
+    result = cli(api_app, "reconcile", "u1", "u2")
+    assert result.exit_code == 1
+    assert "error: u1: callbot API /callcentre/api/v3/listTask: no success after 1 attempt(s)" in (
+        result.output
+    )
+    assert SECRET not in result.output
+
+
+def test_the_beat_task_reconciles_the_lookback(
+    make_app: Any, api_url: str, clock: Clock, vendor: FakeVendor
+) -> None:
+    celery = Celery("beat-test", broker="memory://")
+    app = make_app(
+        CALLBOT_API_BASE_URL=api_url,
+        CALLBOT_DISPATCH="celery",
+        CALLBOT_RECONCILE_LOOKBACK=3600,
+    )
+    init_celery(app, celery)
+    sender = Sender(app.test_client(), clock)
+    for number, age in enumerate((7200, 60)):
+        payload = task_payload(taskID=f"T{number}", userTaskID=f"u{number}", taskStatus=2)
+        assert_reply(sender.post("task", payload, request_id=f"r{number}"), 200, 0)
+        vendor.book.record_task({**payload, "taskStatus": 3})
+        clock.now += age
+    counts = celery.tasks[RECONCILE_TASK].apply(kwargs={"orders": True}).get()
+    assert counts == {"tasks_checked": 1, "differences": 1, "errors": 0}  # u0 is too old
+    queued = get_store(app).list_deliveries(outcome=DeliveryState.QUEUED)
+    [queued] = [d for d in queued if d.source == "reconcile"]
+    assert queued.request_id.startswith(REQUEST_ID_PREFIX) and queued.enqueued_at is not None
+    assert queued.source == "reconcile"
+
+
+def test_doctor_pings_the_vendor(api_app: Flask, clock: Clock, vendor: FakeVendor) -> None:
+    result = cli(api_app, "doctor")
+    assert "OK      vendor API: http://127.0.0.1:" in result.output
+    assert "credentials accepted" in result.output
+    assert "OK      vendor clock: the vendor's clock is 0.5 s ahead of ours" in result.output
+    vendor.clock = lambda: clock.now + 45  # inside the 60 s window, but off
+    assert (
+        "WARN    vendor clock: the vendor's clock is 45.5 s ahead" in cli(api_app, "doctor").output
+    )
+    vendor.clock = lambda: clock.now + 120
+    late = cli(api_app, "doctor")
+    assert "PROBLEM vendor clock" in late.output and late.exit_code == 1
+    assert "vendor API" not in cli(api_app, "doctor", "--no-ping").output
+
+
+def test_doctor_reports_refused_credentials_and_an_unreachable_api(
+    make_app: Any, api_url: str
+) -> None:
+    wrong = make_app(CALLBOT_API_BASE_URL=api_url, CALLBOT_API_SECRET_KEY="not-the-key")
+    result = cli(wrong, "doctor")
+    assert "PROBLEM vendor API" in result.output and "refused our credentials" in result.output
+    assert "not-the-key" not in result.output
+    closed = make_app(CALLBOT_API_BASE_URL=f"http://127.0.0.1:{free_port()}")
+    assert "unreachable" in cli(closed, "doctor").output
