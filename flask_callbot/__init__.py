@@ -38,6 +38,7 @@ from .events import (
     TaskStatus,
     Transition,
 )
+from .routes import callback_urls
 from .signals import (
     call_received,
     callback_received,
@@ -61,6 +62,7 @@ from .store import DeliveryState, OrderState, StoredDelivery, StoreReader, TaskS
 __all__ = [  # noqa: RUF022 - grouped by use, not sorted
     # Setting up, and reading what was recorded.
     "create_blueprint",
+    "callback_urls",
     "get_store",
     "StoreReader",
     "DeliveryState",

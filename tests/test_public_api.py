@@ -9,8 +9,8 @@ import flask_callbot
 from flask_callbot import errors
 
 EXPECTED = {
-    "create_blueprint", "get_store", "StoreReader", "DeliveryState", "StoredDelivery",
-    "TaskState", "OrderState", "signals", "callback_received", "callback_rejected",
+    "create_blueprint", "callback_urls", "get_store", "StoreReader", "DeliveryState",
+    "StoredDelivery", "TaskState", "OrderState", "signals", "callback_received", "callback_rejected",
     "task_status_changed", "task_pending", "task_started", "task_paused", "task_resumed",
     "task_completed", "task_failed", "task_progress", "order_received", "call_received",
     "Event", "TaskEvent", "OrderEvent", "CallEvent", "TaskStat", "CallInfo", "Intent", "Sms",

@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from prometheus_client import CollectorRegistry
 
-from flask_callbot import ConfigurationError, create_blueprint
+from flask_callbot import ConfigurationError, callback_urls, create_blueprint
 from flask_callbot.config import load_settings
 from flask_callbot.state import get_state
 from flask_callbot.testing import record_signals, task_payload
@@ -205,3 +205,29 @@ def test_sign_algorithms_config(tmp_path: Any) -> None:
     sender = Sender(app.test_client(), Clock())
     assert_reply(sender.post("task", task_payload(), algorithm="SHA256"), 200, 0)
     assert_reply(sender.post("task", task_payload(), algorithm="MD5"), 401, 6)
+
+
+def test_callback_urls_for_creating_a_task(tmp_path: Any) -> None:
+    app = Flask("urls", instance_path=str(tmp_path))
+    app.config.update(
+        CALLBOT_SECRET_KEY=SECRET, CALLBOT_UUID=UUID, CALLBOT_DATABASE_URL="sqlite://"
+    )
+    app.register_blueprint(create_blueprint(), url_prefix="/hooks")
+    assert callback_urls(app, "https://crm.example.com/") == {
+        "taskCallbackUrl": "https://crm.example.com/hooks/api/v3/taskCallback",
+        "orderCallbackUrl": "https://crm.example.com/hooks/api/v3/orderCallback",
+        "callCallbackUrl": "https://crm.example.com/hooks/api/v3/callCallback",
+    }
+    with pytest.raises(ConfigurationError, match="needs base_url, or SERVER_NAME"):
+        callback_urls(app)
+    with app.test_request_context(base_url="https://in.request.example"):
+        urls = callback_urls(app)
+    assert urls["orderCallbackUrl"] == "https://in.request.example/hooks/api/v3/orderCallback"
+    app.config.update(SERVER_NAME="hooks.example.com", PREFERRED_URL_SCHEME="https")
+    assert callback_urls(app)["callCallbackUrl"] == (
+        "https://hooks.example.com/hooks/api/v3/callCallback"
+    )
+    with pytest.raises(ConfigurationError, match="is not an http"):
+        callback_urls(app, "crm.example.com")
+    with pytest.raises(ConfigurationError, match="register create_blueprint"):
+        callback_urls(Flask("bare"), "https://x.example")
