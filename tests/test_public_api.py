@@ -10,7 +10,8 @@ from flask_callbot import errors
 
 EXPECTED = {
     "create_blueprint", "callback_urls", "get_store", "StoreReader", "DeliveryState",
-    "StoredDelivery", "TaskState", "OrderState", "signals", "callback_received", "callback_rejected",
+    "StoredDelivery", "TaskState", "OrderState", "signals", "callback_received",
+    "callback_rejected",
     "task_status_changed", "task_pending", "task_started", "task_paused", "task_resumed",
     "task_completed", "task_failed", "task_progress", "order_received", "call_received",
     "Event", "TaskEvent", "OrderEvent", "CallEvent", "TaskStat", "CallInfo", "Intent", "Sms",
