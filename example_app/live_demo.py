@@ -1,11 +1,14 @@
 """Watch the dashboard fill up: the example app, fed simulated signed campaigns, in one command.
 
     python -m example_app.live_demo [--port 5000] [--orders 40] [--delay 0.15] [--campaigns 0]
+                                    [--drop 0.3]
 
 Starts the example app (SQLite in ``./instance`` unless ``CALLBOT_DATABASE_URL`` says otherwise;
 the public dev credentials unless ``CALLBOT_SECRET_KEY`` and ``CALLBOT_UUID`` are set) on a
 local werkzeug server, prints the dashboard's URL, then plays campaigns from
-:mod:`flask_callbot.simulator` against it, a little apart so a person can watch. Ctrl-C stops.
+:mod:`flask_callbot.simulator` against it, a little apart so a person can watch. With
+``--drop``, each campaign loses that share of its callbacks on the way, and reconciliation then
+repairs the store through a fake of the vendor's API on loopback. Ctrl-C stops.
 No vendor account and nothing but this package are needed.
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.serving import make_server
 
+from flask_callbot import simulator
 from flask_callbot.simulator import Summary, Window, build_campaign, run_campaign
 
 from . import create_app
@@ -68,12 +72,14 @@ def play(
     orders: int = 40,
     delay: float = 0.15,
     faults: bool = True,
+    drop: float = 0.0,
     seed: int | None = None,
 ) -> Summary:
     """One simulated campaign against ``base_url``, signed with ``app``'s own credentials.
 
     With ``faults``, a few duplicates and forgeries ride along: the receiver acknowledges the
     first without acting twice and refuses the second, and the dashboard counts both.
+    ``drop`` is the share of callbacks lost on the way (see :func:`repair`).
     """
     config = app.config
     secret = config["CALLBOT_SECRET_KEY"]
@@ -82,6 +88,7 @@ def play(
         orders=orders,
         duplicates=0.03 if faults else 0.0,
         bad_signatures=0.02 if faults else 0.0,
+        drop=drop,
         seed=seed,
         span=30,
         lines=4,
@@ -101,6 +108,15 @@ def play(
     )
 
 
+def repair(app: Flask, summary: Summary) -> str:
+    """Reconcile what a lossy campaign left out, through a fake of the vendor's API; one line
+    saying what was recorded and whether the store now matches the vendor."""
+    report, left = simulator.repair(app, summary.campaign)
+    lost = sum(delivery.lost for delivery in summary.campaign.deliveries)
+    level = "the store matches the vendor" if not left and not report.errors else "STILL DIFFERS"
+    return f"{lost} callbacks lost; reconciliation recorded {len(report.findings)}: {level}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m example_app.live_demo", description=__doc__.split("\n\n")[0]
@@ -114,13 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pause", type=float, default=3.0, help="seconds between campaigns")
     parser.add_argument("--no-faults", action="store_true", help="no duplicates or forgeries")
+    parser.add_argument(
+        "--drop",
+        type=float,
+        default=0.0,
+        help="share of callbacks lost on the way, then repaired by reconciliation (e.g. 0.3)",
+    )
     parser.add_argument("--exit", action="store_true", help="stop after the last campaign")
     parser.add_argument("--verbose", action="store_true", help="log every request and callback")
     args = parser.parse_args(argv)
 
     app = demo_app()
     if not args.verbose:  # the dashboard shows it all; keep the terminal readable
-        for name in ("example_app", "flask_callbot", "werkzeug"):
+        for name in ("example_app", "flask_callbot", "werkzeug", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         server = Server(app, args.host, args.port)
@@ -136,11 +158,18 @@ def main(argv: list[str] | None = None) -> int:
                 if played:
                     time.sleep(args.pause)
                 summary = play(
-                    app, server.url, orders=args.orders, delay=args.delay, faults=not args.no_faults
+                    app,
+                    server.url,
+                    orders=args.orders,
+                    delay=args.delay,
+                    faults=not args.no_faults,
+                    drop=args.drop,
                 )
                 played += 1
                 verdict = "every answer as expected" if summary.ok else "UNEXPECTED answers"
                 print(f"campaign {played}: {summary.report()[0]}; {verdict}", flush=True)
+                if args.drop:
+                    print(f"campaign {played}: {repair(app, summary)}", flush=True)
             if not args.exit:
                 print("campaigns done; the dashboard stays up until Ctrl-C", flush=True)
                 threading.Event().wait()

@@ -11,7 +11,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,7 +25,7 @@ from .events import CallbackKind
 from .openapi import build_openapi
 from .routes import callback_url, split_callback_url
 from .simulator import Campaign, Result, Summary, Window, build_campaign, run_campaign
-from .state import current_flask_app, get_state, get_store
+from .state import current_flask_app, get_state
 from .testing import call_payload, order_payload, task_payload
 from .wire import SERIALIZATIONS, HttpReply, post_callback, serialize, sign_headers
 
@@ -389,23 +388,11 @@ def _reconcile_campaign(campaign: Campaign, faults: Faults) -> bool:
     """Serve the vendor's API for ``campaign`` on loopback and reconcile this app against it;
     whether the store then matches the vendor."""
     from .cli import echo_report
-    from .client import CallbotAPI
-    from .reconcile import reconcile
-    from .simulator import differences, vendor_book
-    from .vendor_api import FakeVendor, serve_vendor_api
+    from .simulator import repair
 
-    app, state = current_flask_app(), get_state()
-    api = state.settings.api
-    vendor = FakeVendor(uuid=api.uuid, secret_key=api.secret_key, faults=faults, clock=state.clock)
-    vendor_book(campaign, vendor.book)
-    with (
-        serve_vendor_api(vendor) as api_url,
-        CallbotAPI.from_settings(replace(api, base_url=api_url), clock=state.clock) as client,
-    ):
-        click.echo(f"reconciling {campaign.user_task_id} against a fake vendor API at {api_url}")
-        report = reconcile(app, client, user_task_ids=[campaign.user_task_id], orders=True)
+    click.echo(f"reconciling {campaign.user_task_id} against a fake of the vendor's API")
+    report, found = repair(current_flask_app(), campaign, faults)
     echo_report(report, dry_run=False)
-    found = differences(get_store(app), vendor.book, campaign.user_task_id)
     for line in found:
         click.echo(f"still differs: {line}")
     click.echo("the store matches the vendor" if not found else f"{len(found)} difference(s) left")

@@ -30,15 +30,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask
 
 from .events import CallbackKind, TaskStatus
 from .routes import callback_url
+from .state import get_state
 from .store import StoreReader
 from .tables import render_table
 from .testing import call_payload, order_payload, task_payload
-from .vendor_api import VendorBook
+from .vendor_api import FakeVendor, Faults, VendorBook, serve_vendor_api
 from .wire import HttpReply, post_callback, serialize, sign_headers
+
+if TYPE_CHECKING:
+    from .reconcile import Report
 
 #: Intents a call script recognises: (tag, name as the script writes it, level).
 _INTENTS = (
@@ -899,3 +905,26 @@ _STAT_KEYS = {
     "total_call": "totalCall",
     "answer_rate": "answerRate",
 }
+
+
+def repair(
+    app: Flask, campaign: Campaign, faults: Faults | None = None
+) -> tuple[Report, list[str]]:
+    """Serve the vendor's API for ``campaign`` on loopback (with ``faults``, if given) and
+    reconcile ``app`` against it, orders included; the report, and what still differs.
+
+    ``app`` must hold the store the campaign was played against. Needs flask-callbot[api].
+    """
+    from .client import CallbotAPI
+    from .reconcile import reconcile
+
+    state = get_state(app)
+    api = state.settings.api
+    vendor = FakeVendor(uuid=api.uuid, secret_key=api.secret_key, faults=faults, clock=state.clock)
+    vendor_book(campaign, vendor.book)
+    with (
+        serve_vendor_api(vendor) as api_url,
+        CallbotAPI.from_settings(replace(api, base_url=api_url), clock=state.clock) as client,
+    ):
+        report = reconcile(app, client, user_task_ids=[campaign.user_task_id], orders=True)
+    return report, differences(state.store.reader, vendor.book, campaign.user_task_id)

@@ -316,6 +316,21 @@ def test_live_demo_plays_a_campaign_into_the_dashboard(
     assert [task.status for task in tasks] == [TaskStatus.COMPLETED] * 2
 
 
+def test_live_demo_repairs_a_lossy_campaign(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--port", "0", "--campaigns", "1", "--orders", "12", "--delay", "0", "--drop", "0.3"]
+    assert live_demo.main([*argv, "--exit"]) == 0
+    out = capsys.readouterr().out
+    assert "every answer as expected" in out
+    lost = re.search(r"campaign 1: (\d+) callbacks lost; reconciliation recorded (\d+): (.*)", out)
+    assert lost is not None, out
+    assert int(lost[1]) > 0 and int(lost[2]) > 0
+    assert lost[3] == "the store matches the vendor"
+    [task] = get_store(create_app()).list_tasks()
+    assert task.status is TaskStatus.COMPLETED
+
+
 def test_live_demo_signs_with_the_apps_own_credentials(env: pytest.MonkeyPatch) -> None:
     env.delenv("CALLBOT_EXAMPLE_DEV_MODE")
     env.setenv("CALLBOT_SECRET_KEY", "a-real-secret")

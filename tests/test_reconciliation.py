@@ -185,6 +185,7 @@ def test_a_receiver_failure_keeps_the_reconciled_delivery_for_replay(
         ({"busy": 10}, "no success after 2 attempt(s); last: retCode 7"),
         ({"http_errors": 10, "http_status": 502}, "last: HTTP 502"),
         ({"forged": 1}, "the answer's signature is refused"),
+        ({"slow": 10, "delay": 1.0}, "last: ReadTimeout"),
     ],
 )
 def test_vendor_errors_leave_everything_untouched(
@@ -202,7 +203,13 @@ def test_vendor_errors_leave_everything_untouched(
         setattr(vendor.faults, name, value)
     with (
         CallbotAPI(
-            api_url, uuid=UUID, secret_key=SECRET, clock=clock, sleep=lambda _: None, max_retries=1
+            api_url,
+            uuid=UUID,
+            secret_key=SECRET,
+            clock=clock,
+            sleep=lambda _: None,
+            max_retries=1,
+            timeout=0.3,
         ) as api,
         record_signals(sender=app) as sent,
     ):
