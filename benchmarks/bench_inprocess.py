@@ -1,12 +1,16 @@
-"""CPU cost per callback through the WSGI app, no network: floor, peer and flask_callbot.
+"""CPU cost per callback through the WSGI app, no network: flask_callbot against the contract limit.
 
-    python benchmarks/bench_inprocess.py [--requests 3000] [--rounds 3] [--memory 100000]
-                                         [--million] [--profile]
+    python benchmarks/bench_inprocess.py [--requests 3000] [--rounds 5] [--memory 100000]
+                                         [--million] [--profile] [--postgres URL]
 
-Every figure is CPU time (``time.process_time``) per request through ``app.wsgi_app`` with a
-prebuilt WSGI environ, the median of ``--rounds`` rounds, measured in this one run; the ratios
-are to the floor measured alongside. Also: the cost with 1 thousand against 1 million tasks
-stored (``--million``), an order callback with 1, 20 and 200 intents, the peak RSS while
+Every figure is CPU time (``time.process_time``, this process only: a PostgreSQL server's own
+time is not in it) per request through ``app.wsgi_app`` with a prebuilt WSGI environ. The
+receivers compared run in turn within each round (interleaved, so the machine's drift touches
+them alike); a figure is the median of ``--rounds`` rounds, and a ratio is the median of the
+rounds' ratios, all measured in this one run. The reference is the contract limit
+(``limit.py``); the floor (a bare route) and the ORM peer are rows for context. Task callbacks
+on SQLite (and on PostgreSQL with ``--postgres``), order callbacks with 1, 20 and 200 intents;
+also the cost with 1 thousand against 1 million tasks stored (``--million``), the peak RSS while
 ``--memory`` deliveries go through one process, and, with ``--profile``, where the time goes.
 """
 
@@ -21,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,8 @@ import sqlalchemy as sa
 from flask import Flask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from apps import callbot_app, floor_app, order_body, peer_app, signed, task_body
+from apps import SECRET, UUID, callbot_app, floor_app, order_body, peer_app, signed, task_body
+from limit import limit_app
 
 from flask_callbot.state import get_state
 
@@ -84,6 +90,38 @@ def median_of(rounds: int, measure: Callable[[int], float]) -> float:
     return statistics.median(measure(r) for r in range(rounds))
 
 
+def interleaved(
+    apps: dict[str, Flask], rounds: int, requests: Callable[[int], list[Request]]
+) -> dict[str, list[float]]:
+    """Each round runs every app on the same requests (fresh requestIDs each), in turn."""
+    costs: dict[str, list[float]] = {name: [] for name in apps}
+    for r in range(rounds):
+        for name, app in apps.items():
+            costs[name].append(run(app, requests(r)))
+    return costs
+
+
+def report(costs: dict[str, list[float]], reference: str = "limit", indent: str = "  ") -> None:
+    """Median cost per app, and each app's median ratio (over the rounds) to the reference."""
+    for name, values in costs.items():
+        ratios = [value / ref for value, ref in zip(values, costs[reference], strict=True)]
+        print(f"{indent}{name:12} {statistics.median(values):8.1f} us   "
+              f"x{statistics.median(ratios):.3f} {reference}  "
+              f"(rounds: {' '.join(f'{value:.0f}' for value in values)})")  # fmt: skip
+
+
+def fresh_postgres(url: str, schemas: list[str]) -> str:
+    """A URL on a new schema of ``url``'s database (dropped at the end, see main)."""
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    schemas.append(schema)
+    with_path = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    return with_path.render_as_string(hide_password=False)
+
+
 def seed_tasks(app: Flask, count: int) -> None:
     """Store ``count`` tasks directly (the bench is about requests, not about loading)."""
     store = get_state(app).store
@@ -120,30 +158,65 @@ def rss_kib(field: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory", type=int, default=100_000, help="deliveries (0: skip)")
     parser.add_argument("--million", action="store_true", help="also 1,000,000 stored tasks")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--postgres", help="also run the limit and flask_callbot on this database")
     args = parser.parse_args()
+    schemas: list[str] = []
+    try:
+        measure(args, schemas)
+    finally:
+        if schemas:
+            admin = sa.create_engine(args.postgres)
+            with admin.begin() as conn:
+                for schema in schemas:
+                    conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def measure(args: argparse.Namespace, schemas: list[str]) -> None:
     folder = Path(tempfile.mkdtemp(prefix="callbot-bench-"))
     n = args.requests
 
     def fresh(name: str) -> str:
         return f"sqlite:///{folder / f'{name}-{time.monotonic_ns()}.sqlite3'}"
 
-    floor = floor_app()
-    peer = peer_app(fresh("peer"))
-    callbot = callbot_app(fresh("callbot"))
-    for app in (floor, peer, callbot):  # warm up: imports, compiled statement caches
-        run(app, task_requests(300, 1000, seed=0))
-    cost = {
-        name: median_of(args.rounds, lambda r, app=app: run(app, task_requests(n, 1000, r + 1)))
-        for name, app in (("floor", floor), ("peer", peer), ("callbot", callbot))
-    }
-    print(f"task callback, CPU per request (median of {args.rounds} x {n}), SQLite, inline:")
-    for name, micros in cost.items():
-        print(f"  {name:8} {micros:8.1f} us   x{micros / cost['floor']:.2f} floor")
-    print(f"  callbot / peer: x{cost['callbot'] / cost['peer']:.2f}")
+    def pair(url: Callable[[str], str]) -> dict[str, Flask]:
+        return {
+            "limit": limit_app(url("limit"), SECRET, UUID),
+            "flask_callbot": callbot_app(url("callbot")),
+        }
+
+    backends = {"SQLite": fresh}
+    if args.postgres:
+        backends["PostgreSQL"] = lambda name: fresh_postgres(args.postgres, schemas)
+    callbot = None
+    for backend, url in backends.items():
+        apps = pair(url)
+        if backend == "SQLite":
+            apps = {"floor": floor_app(), "peer": peer_app(fresh("peer")), **apps}
+            callbot = apps["flask_callbot"]
+        for app in apps.values():  # warm up: imports, compiled statement caches
+            run(app, task_requests(300, 1000, seed=0))
+        costs = interleaved(apps, args.rounds, lambda r: task_requests(n, 1000, r + 1))
+        print(f"task callback, CPU per request ({args.rounds} interleaved rounds x {n}), "
+              f"{backend}, inline:")  # fmt: skip
+        report(costs)
+        now = int(time.time())
+        apps = pair(url)
+        for intents in (1, 20, 200):
+
+            def orders(count: int, intents: int = intents, now: int = now) -> list[Request]:
+                bodies = (order_body(intents) for _ in range(count))
+                return [("/api/v3/orderCallback", body, signed(body, now)) for body in bodies]
+
+            for app in apps.values():
+                run(app, orders(50))
+            costs = interleaved(apps, args.rounds, lambda r, orders=orders: orders(n // 3))
+            print(f"order callback, {intents} intents, {backend}:")
+            report(costs)
+    assert callbot is not None
 
     # Callbacks come for a campaign's active tasks, however many older ones are stored: 1,000
     # active tasks (the newest) on top of 1 thousand or 1 million stored; then the worst case,
@@ -164,22 +237,6 @@ def main() -> None:
         for spread in ("active", "uniform"):
             ratio = stored[1_000_000, spread] / stored[1000, spread]
             print(f"  1M / 1k stored, {spread} tasks: x{ratio:.3f}")
-
-    app = callbot_app(fresh("orders"))
-    now = int(time.time())
-    intents_cost = {}
-    for intents in (1, 20, 200):
-
-        def orders(count: int, intents: int = intents) -> list[Request]:
-            bodies = (order_body(intents) for _ in range(count))
-            return [("/api/v3/orderCallback", body, signed(body, now)) for body in bodies]
-
-        run(app, orders(50))
-        intents_cost[intents] = median_of(args.rounds, lambda r: run(app, orders(n // 3)))
-        print(f"  order callback, {intents:>3} intents: {intents_cost[intents]:8.1f} us")
-    slope_low = (intents_cost[20] - intents_cost[1]) / 19
-    slope_high = (intents_cost[200] - intents_cost[20]) / 180
-    print(f"  per intent: {slope_low:.2f} us (1->20), {slope_high:.2f} us (20->200)")
 
     if args.memory:
         app = callbot_app(fresh("memory"))

@@ -1,6 +1,7 @@
 """The engine and its transactions: backend tuning, the SQLite writers' turn, writing and
-reading transactions, the schema made ready on first use, database errors as StoreUnavailable,
-and a fresh pool in a forked child."""
+reading transactions, the hot path's writing transactions on the driver's own connection, the
+schema made ready on first use, database errors as StoreUnavailable, and a fresh pool in a
+forked child."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ except ImportError:  # not POSIX (Windows): SQLite's own locking serves, see _wr
 
 #: The execution option that marks a connection's transactions read-only (see Database.reading).
 _READ_ONLY = "callbot_read_only"
+#: How an SQLite writing transaction begins: the write lock up front, so two read-then-write
+#: transactions never deadlock (both Database.writing and Database.writing_on_driver).
+_BEGIN_WRITING = "BEGIN IMMEDIATE"
 
 
 class Database:
@@ -40,6 +44,9 @@ class Database:
         self._writers_turn = _writers_turn(self.engine)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        self._driver_statements: dict[tuple[Any, tuple[str, ...]], DriverStatement] = {}
+        self._driver_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
+        self._begin_writing = _BEGIN_WRITING if self.engine.dialect.name == "sqlite" else None
         # A server forking after the store was made (gunicorn --preload) must not share
         # connections with its parent: children drop the inherited pool without closing it.
         # (Windows has no fork, nor this hook.)
@@ -53,6 +60,55 @@ class Database:
         self._ensure_schema()
         with self._translate_errors(), self._writers_turn(), self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def writing_on_driver(self) -> Iterator[DriverTransaction]:
+        """A writing transaction like :meth:`writing`, its statements run on the pooled DB-API
+        connection: the hot path's per-request statements, which would otherwise spend most of
+        their time in SQLAlchemy's per-execution machinery.
+
+        The same pool (checkout, pre-ping, reset on return), the same writers' turn and BEGIN,
+        and the same errors: a driver error is wrapped as SQLAlchemy would wrap it (its message
+        without the statement's values: ``hide_parameters``), a lost connection is invalidated,
+        and unavailability is :class:`StoreUnavailable`.
+        """
+        self._ensure_schema()
+        with self._translate_errors(), self._writers_turn():
+            fairy = self.engine.raw_connection()
+            transaction = DriverTransaction(self, fairy.cursor())
+            try:
+                if self._begin_writing is not None:
+                    transaction.cursor.execute(self._begin_writing)
+                yield transaction
+                transaction.sql = "COMMIT"
+                fairy.commit()
+            except self._driver_error as exc:
+                invalidated = self.engine.dialect.is_disconnect(
+                    exc,  # type: ignore[arg-type]  # the driver's Error: what the dialect expects
+                    fairy.dbapi_connection,
+                    transaction.cursor,
+                )
+                if invalidated:
+                    fairy.invalidate(exc)
+                raise sa_exc.DBAPIError.instance(
+                    transaction.sql,
+                    None,
+                    exc,
+                    self._driver_error,
+                    hide_parameters=True,
+                    connection_invalidated=invalidated,
+                    dialect=self.engine.dialect,
+                ) from exc
+            finally:
+                fairy.close()  # back to the pool, which rolls back whatever was not committed
+
+    def driver_statement(self, statement: Any, keys: tuple[str, ...]) -> DriverStatement:
+        """``statement`` compiled for this engine's dialect with the parameters ``keys``, once."""
+        found = self._driver_statements.get((statement, keys))
+        if found is None:
+            found = DriverStatement(statement, self.engine.dialect, keys)
+            self._driver_statements[statement, keys] = found
+        return found
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -109,6 +165,76 @@ class Database:
             if exc.connection_invalidated:
                 raise StoreUnavailable("the callbot store connection was lost") from exc
             raise
+
+
+class DriverStatement:
+    """A Core statement compiled once, run on a DB-API cursor with the values converted as
+    SQLAlchemy would convert them (its types' bind processors, e.g. SQLite's datetimes as text).
+    """
+
+    __slots__ = ("_fixed", "_names", "_processors", "sql")
+
+    def __init__(self, statement: Any, dialect: sa.Dialect, keys: tuple[str, ...]) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        self.sql: str = compiled.string
+        #: Positional drivers (sqlite3's "?"): the values' order; named (psycopg): None.
+        self._names: tuple[str, ...] | None = (
+            tuple(compiled.positiontup) if compiled.positiontup is not None else None
+        )
+        #: The statement's own values (``callbacks + 1``'s 1), under the caller's.
+        self._fixed = {
+            name: bind.effective_value
+            for name, bind in compiled.binds.items()
+            if not bind.required and name not in keys
+        }
+        processors = {}
+        for name, bind in compiled.binds.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[name] = process
+        self._processors: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(processors.items())
+
+    def parameters(self, values: Mapping[str, Any]) -> Any:
+        """The driver's parameters for ``values``."""
+        if self._fixed:
+            values = {**self._fixed, **values}
+        if self._processors:
+            values = dict(values)
+            for name, process in self._processors:
+                if name in values:
+                    values[name] = process(values[name])
+        if self._names is None:
+            return values
+        return tuple([values[name] for name in self._names])
+
+
+class DriverTransaction:
+    """What :meth:`Database.writing_on_driver` yields: Core statements run on its DB-API cursor."""
+
+    __slots__ = ("_db", "cursor", "sql")
+
+    def __init__(self, db: Database, cursor: Any) -> None:
+        self._db = db
+        self.cursor = cursor
+        #: The statement running, for the error's message.
+        self.sql: str | None = None
+
+    def execute(self, statement: Any, values: Mapping[str, Any]) -> int:
+        """Run ``statement`` with ``values``; the number of rows it changed."""
+        compiled = self._db.driver_statement(statement, tuple(values))
+        self.sql = compiled.sql
+        self.cursor.execute(compiled.sql, compiled.parameters(values))
+        return int(self.cursor.rowcount)
+
+    def first(self, statement: Any, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Run ``statement`` with ``values``; its first row (values as the driver returns
+        them: only for columns that need no conversion), or None."""
+        compiled = self._db.driver_statement(statement, tuple(values))
+        self.sql = compiled.sql
+        self.cursor.execute(compiled.sql, compiled.parameters(values))
+        row: tuple[Any, ...] | None = self.cursor.fetchone()
+        self.cursor.fetchall()  # the rest (none): leave the cursor ready for the next statement
+        return row
 
 
 def _writers_turn(engine: Engine) -> Callable[[], contextlib.AbstractContextManager[Any]]:
@@ -196,4 +322,4 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:
         # Writers take the write lock up front: two read-then-write transactions never deadlock.
         # A read-only transaction (Database.reading) begins deferred and never takes it.
         read_only = conn.get_execution_options().get(_READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if read_only else _BEGIN_WRITING)

@@ -4,7 +4,8 @@ up one seen before, finish it, claim it for a replay.
 A delivery is claimed by inserting its requestID under a unique constraint in the same
 transaction that locks the task's (or order's) row, decides stale or transition and updates
 the row, so concurrent workers never process a requestID twice and a task never moves
-backwards. The statements are built once per dialect.
+backwards. The statements are built once per dialect; recording and finishing a delivery, the
+per-request work, run them on the pooled driver connection (``Database.writing_on_driver``).
 
 An order or call delivery is news when it is the first report of its order (an order
 callback: decided on the order's locked row) or of its call (a call callback: one upsert on
@@ -30,7 +31,7 @@ from ..errors import DeliveryInProgress, RequestIdReused
 from ..events import CallbackKind, CallEvent, OrderEvent, TaskEvent
 from ..ordering import KIND_RANK, order_is_newer, order_version, task_transition
 from .claims import abandoned, claimed, is_abandoned
-from .engine import Database
+from .engine import Database, DriverTransaction
 from .records import (
     STAT_COLUMNS,
     Claim,
@@ -63,15 +64,17 @@ def record(
     at = utc(now)
     body_sha256 = hashlib.sha256(delivery.body).hexdigest()
     event = delivery.event
-    with db.writing() as conn:
+    sql = _statements(db.engine.dialect.name)
+    with db.writing_on_driver() as conn:
         transition = None
-        sql = _statements(conn.dialect.name)
         news = True
         if isinstance(event, TaskEvent):
-            task = _lock_row(conn, sql.lock_task, sql.blank_task, task_id=event.task_id)
+            status, status_request_ts = _lock_row(
+                conn, sql.lock_task, sql.blank_task, task_id=event.task_id
+            )
             transition = task_transition(
-                task.status,
-                task.status_request_ts,
+                status,
+                status_request_ts,
                 event.status,
                 event.request_ts,
                 wins_ties=delivery.source == "callback",
@@ -79,21 +82,21 @@ def record(
             applied = transition.applied
         else:
             key = {"task_id": event.task_id, "order_id": event.order_id}
-            order = _lock_row(conn, sql.lock_order, sql.blank_order, **key)
+            last_request_id, call_start_ts, request_ts, kind_rank, order_request_id = _lock_row(
+                conn, sql.lock_order, sql.blank_order, **key
+            )
             stored = None
-            if order.last_request_id is not None:
-                stored = order_version(
-                    order.last_call_start_ts, order.version_request_ts, order.version_kind_rank
-                )
+            if last_request_id is not None:
+                stored = order_version(call_start_ts, request_ts, kind_rank)
             incoming = order_version(
                 event.call.call_start_ts, delivery.request_ts, KIND_RANK[delivery.kind]
             )
             applied = order_is_newer(incoming, stored)
             if delivery.kind is CallbackKind.ORDER:
-                news = order.order_request_id is None
+                news = order_request_id is None
             else:
                 news = _first_call_report(conn, sql, delivery, event)
-        inserted = conn.execute(
+        inserted = conn.first(
             sql.insert_delivery,
             {
                 "request_id": delivery.request_id,
@@ -112,15 +115,17 @@ def record(
                 "source": None if delivery.source == "callback" else delivery.source,
                 **transition_columns(transition, news=news),
             },
-        ).first()
-        if not inserted:
-            return _reclaim(conn, delivery.request_id, body_sha256, at, lease, queue)
-        if isinstance(event, TaskEvent):
-            if applied:
-                _apply_task(conn, sql, event, at)
-        else:
-            _apply_order(conn, sql, delivery, event, applied=applied, news=news, at=at)
-        return Claim(ClaimVerdict.NEW, transition, news)
+        )
+        if inserted:
+            if isinstance(event, TaskEvent):
+                if applied:
+                    _apply_task(conn, sql, event, at)
+            else:
+                _apply_order(conn, sql, delivery, event, applied=applied, news=news, at=at)
+            return Claim(ClaimVerdict.NEW, transition, news)
+    # Seen before: nothing above changed anything it did not find so; answer from its row.
+    with db.writing() as core:
+        return _reclaim(core, delivery.request_id, body_sha256, at, lease, queue)
 
 
 def _reclaim(
@@ -164,9 +169,9 @@ def _reclaim(
 
 def finish(db: Database, request_id: str, *, now: float, error: str | None = None) -> None:
     """Mark a claimed delivery processed, or failed with ``error``."""
-    with db.writing() as conn:
+    with db.writing_on_driver() as conn:
         conn.execute(
-            _statements(conn.dialect.name).finish_delivery,
+            _statements(db.engine.dialect.name).finish_delivery,
             {
                 "k_request_id": request_id,
                 "outcome": (DeliveryState.FAILED if error else DeliveryState.PROCESSED).value,
@@ -224,9 +229,19 @@ def _statements(dialect_name: str) -> _Statements:
         orders.c.task_id == sa.bindparam("task_id"), orders.c.order_id == sa.bindparam("order_id")
     )
     return _Statements(
-        lock_task=tasks.select().where(task_key).with_for_update(),
+        lock_task=sa.select(tasks.c.status, tasks.c.status_request_ts)
+        .where(task_key)
+        .with_for_update(),
         blank_task=dialect_insert(tasks).on_conflict_do_nothing(),
-        lock_order=orders.select().where(order_key).with_for_update(),
+        lock_order=sa.select(
+            orders.c.last_request_id,
+            orders.c.last_call_start_ts,
+            orders.c.version_request_ts,
+            orders.c.version_kind_rank,
+            orders.c.order_request_id,
+        )
+        .where(order_key)
+        .with_for_update(),
         blank_order=dialect_insert(orders).on_conflict_do_nothing(),
         insert_delivery=dialect_insert(deliveries)
         .on_conflict_do_nothing(index_elements=["request_id"])
@@ -246,10 +261,10 @@ def _statements(dialect_name: str) -> _Statements:
 
 
 def _first_call_report(
-    conn: Connection, sql: _Statements, delivery: NewDelivery, event: OrderEvent | CallEvent
+    conn: DriverTransaction, sql: _Statements, delivery: NewDelivery, event: OrderEvent | CallEvent
 ) -> bool:
     """Record that this call callback reported its call; whether it is the first to (news)."""
-    reported = conn.execute(
+    reported = conn.first(
         sql.report_call,
         {
             "task_id": event.task_id,
@@ -257,24 +272,26 @@ def _first_call_report(
             "call_id": event.call.call_id,
             "request_id": delivery.request_id,
         },
-    ).first()
+    )
     return reported is not None
 
 
-def _lock_row(conn: Connection, lock: Any, blank: Any, **key: str) -> sa.Row[Any]:
+def _lock_row(conn: DriverTransaction, lock: Any, blank: Any, **key: str) -> tuple[Any, ...]:
     """The row with this primary key, locked for the transaction; a blank one on first sighting.
 
     Inserting the blank row under ON CONFLICT DO NOTHING first means two workers seeing a new task
     at once still queue on one row lock instead of both deciding "first sighting".
     """
-    row = conn.execute(lock, key).first()
+    row = conn.first(lock, key)
     if row is None:
         conn.execute(blank, key)
-        row = conn.execute(lock, key).one()
+        row = conn.first(lock, key)
+        if row is None:  # inserted just now, or by another worker: it is there
+            raise RuntimeError(f"{key} vanished within its transaction")
     return row
 
 
-def _apply_task(conn: Connection, sql: _Statements, event: TaskEvent, at: datetime) -> None:
+def _apply_task(conn: DriverTransaction, sql: _Statements, event: TaskEvent, at: datetime) -> None:
     stats = {name: getattr(event.stat, name) if event.stat else None for name in STAT_COLUMNS}
     conn.execute(
         sql.apply_task,
@@ -293,7 +310,7 @@ def _apply_task(conn: Connection, sql: _Statements, event: TaskEvent, at: dateti
 
 
 def _apply_order(
-    conn: Connection,
+    conn: DriverTransaction,
     sql: _Statements,
     delivery: NewDelivery,
     event: OrderEvent | CallEvent,
