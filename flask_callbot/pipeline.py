@@ -163,6 +163,24 @@ def observe(
     retCode and latency; never the body, a header value other than the requestID, or a secret.
     """
     latency = time.perf_counter() - started
+    level = _LOG_LEVELS.get(result.outcome, logging.INFO)
+    if logger.isEnabledFor(level):  # else build no line nobody reads
+        _log(level, kind, headers, result, reply, latency)
+    if state.metrics is not None:
+        lag = None
+        if result.auth is not None:
+            lag = state.clock() - result.auth.request_ts
+        state.metrics.observe(kind.value, result.outcome.value, latency=latency, lag=lag)
+
+
+def _log(
+    level: int,
+    kind: CallbackKind,
+    headers: Headers,
+    result: _Observation,
+    reply: Reply | None,
+    latency: float,
+) -> None:
     request_id = result.auth.request_id if result.auth else peek_request_id(headers)
     fields = {
         "request_id": request_id,
@@ -182,14 +200,7 @@ def observe(
     if result.detail is not None:
         fields["detail"] = result.detail
         message += ": %(detail)s"
-    logger.log(
-        _LOG_LEVELS.get(result.outcome, logging.INFO), message, fields, extra={"callbot": fields}
-    )
-    if state.metrics is not None:
-        lag = None
-        if result.auth is not None:
-            lag = state.clock() - result.auth.request_ts
-        state.metrics.observe(kind.value, result.outcome.value, latency=latency, lag=lag)
+    logger.log(level, message, fields, extra={"callbot": fields})
 
 
 def authenticate(state: CallbotState, body: bytes, headers: Headers) -> AuthHeaders:

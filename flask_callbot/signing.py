@@ -58,6 +58,8 @@ _HEADER_NAMES = {
     "algorithm": "algorithm",
 }
 _REQUIRED = ("requestID", "uuid", "createTs", "sign")
+#: Where a WSGI environ keeps each header.
+_ENVIRON_KEYS = {name: f"HTTP_{name.upper()}" for name in _HEADER_NAMES.values()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +114,25 @@ class AuthHeaders:
 def parse_auth_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> AuthHeaders:
     """Read the auth headers (names case-insensitive) and check their form.
 
-    Accepts a mapping or the ``(name, value)`` pairs of ``werkzeug.datastructures.Headers``, so a
-    header sent twice is seen and refused. Absent or empty: :class:`MissingAuthHeader`; anything
-    else off-form: :class:`InvalidAuthHeader`.
+    Accepts a mapping, or the ``(name, value)`` pairs of ``werkzeug.datastructures.Headers``, so a
+    header sent twice is seen and refused (a request's ``EnvironHeaders`` are read from the WSGI
+    environ directly). Absent or empty: :class:`MissingAuthHeader`; anything else off-form:
+    :class:`InvalidAuthHeader`.
     """
-    items = headers.items() if isinstance(headers, Mapping) else headers
     found: dict[str, str] = {}
-    for name, value in items:
-        canonical = _HEADER_NAMES.get(name.lower())
-        if canonical is None:
-            continue
-        if canonical in found:
-            raise InvalidAuthHeader(f"header {canonical} is repeated")
-        found[canonical] = value
+    environ = getattr(headers, "environ", None)
+    if isinstance(environ, dict):  # Werkzeug's EnvironHeaders: look the five up, not walk all
+        # A WSGI server joins a repeated header's values with ", ": off-form, refused below.
+        found = {name: environ[key] for name, key in _ENVIRON_KEYS.items() if key in environ}
+    else:
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        for name, value in items:
+            canonical = _HEADER_NAMES.get(name.lower())
+            if canonical is None:
+                continue
+            if canonical in found:
+                raise InvalidAuthHeader(f"header {canonical} is repeated")
+            found[canonical] = value
     missing = [name for name in _REQUIRED if not found.get(name)]
     if missing:
         raise MissingAuthHeader(f"missing header(s): {', '.join(missing)}")

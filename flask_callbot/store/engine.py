@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -67,16 +68,20 @@ class Database:
         connection: the hot path's per-request statements, which would otherwise spend most of
         their time in SQLAlchemy's per-execution machinery.
 
-        The same pool (checkout, pre-ping, reset on return), the same writers' turn and BEGIN,
+        The same pool (checkout, reset on return), the same writers' turn and BEGIN,
         and the same errors: a driver error is wrapped as SQLAlchemy would wrap it (its message
         without the statement's values: ``hide_parameters``), a lost connection is invalidated,
         and unavailability is :class:`StoreUnavailable`.
         """
         self._ensure_schema()
         with self._translate_errors(), self._writers_turn():
-            fairy = self.engine.raw_connection()
-            transaction = DriverTransaction(self, fairy.cursor())
             try:
+                fairy = self.engine.raw_connection()
+            except self._driver_error as exc:  # connecting: the pool leaves it unwrapped
+                raise self._wrapped(exc, None, invalidated=False) from exc
+            transaction = DriverTransaction(self)
+            try:
+                transaction.cursor = fairy.cursor()
                 if self._begin_writing is not None:
                     transaction.cursor.execute(self._begin_writing)
                 yield transaction
@@ -90,17 +95,22 @@ class Database:
                 )
                 if invalidated:
                     fairy.invalidate(exc)
-                raise sa_exc.DBAPIError.instance(
-                    transaction.sql,
-                    None,
-                    exc,
-                    self._driver_error,
-                    hide_parameters=True,
-                    connection_invalidated=invalidated,
-                    dialect=self.engine.dialect,
-                ) from exc
+                    self.engine.dispose()  # the others are likely dead too: connect afresh
+                raise self._wrapped(exc, transaction.sql, invalidated=invalidated) from exc
             finally:
                 fairy.close()  # back to the pool, which rolls back whatever was not committed
+
+    def _wrapped(self, exc: Exception, sql: str | None, *, invalidated: bool) -> Exception:
+        """A driver error as SQLAlchemy raises it (the statement without its values)."""
+        return sa_exc.DBAPIError.instance(
+            sql,
+            None,
+            exc,
+            self._driver_error,
+            hide_parameters=True,
+            connection_invalidated=invalidated,
+            dialect=self.engine.dialect,
+        )
 
     def driver_statement(self, statement: Any, keys: tuple[str, ...]) -> DriverStatement:
         """``statement`` compiled for this engine's dialect with the parameters ``keys``, once."""
@@ -213,9 +223,9 @@ class DriverTransaction:
 
     __slots__ = ("_db", "cursor", "sql")
 
-    def __init__(self, db: Database, cursor: Any) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self.cursor = cursor
+        self.cursor: Any = None
         #: The statement running, for the error's message.
         self.sql: str | None = None
 
@@ -285,7 +295,7 @@ def create_engine(
         raise ConfigurationError(f"CALLBOT_DATABASE_URL is not an SQLAlchemy URL: {exc}") from exc
     # hide_parameters: a database error's message never carries a statement's values (a body,
     # a phone number) into a log or an error report.
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
+    kwargs: dict[str, Any] = {"hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         kwargs = {
             "connect_args": {"timeout": 30, "check_same_thread": False},
@@ -304,7 +314,39 @@ def create_engine(
     if parsed.get_backend_name() == "sqlite":
         in_memory = parsed.database in (None, "", ":memory:")
         _tune_sqlite(engine, in_memory=in_memory, synchronous=sqlite_synchronous)
+    elif "pool_pre_ping" not in options:  # asked for explicitly: SQLAlchemy's, every checkout
+        _ping_when_idle(engine)
     return engine
+
+
+#: A pooled connection idle for longer than this (seconds) is pinged before it is handed out.
+_PING_AFTER_IDLE = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a server connection before use if it sat in the pool for a while, so a database
+    restarted or a link cut while it was idle is found here, not by a request.
+
+    A connection used within the last second is not pinged: under load SQLAlchemy's
+    ``pool_pre_ping`` would add a round trip to every transaction (HikariCP skips its check
+    the same way). One found dead during a transaction empties the pool (see
+    ``Database.writing_on_driver``; SQLAlchemy does the same for its own statements).
+    """
+
+    @sa_event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info["callbot_idle_since"] = time.monotonic()
+
+    @sa_event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.get("callbot_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < _PING_AFTER_IDLE:
+            return  # just connected, or in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool drops this connection and hands out a fresh one (SQLAlchemy's rule).
+            raise sa_exc.DisconnectionError(f"{type(exc).__name__} on ping") from exc
 
 
 def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:
