@@ -6,8 +6,9 @@
   style ORM for the delivery and task rows, a blinker signal, and the outcome marked only after
   the receivers succeeded (the same guarantees as flask_callbot, so the comparison is fair).
 - callbot: flask_callbot's blueprint, inline dispatch.
+- limit: the contract limit (``limit.py``), the reference flask_callbot is judged against.
 
-``create_app()`` serves one of them under gunicorn: ``BENCH_APP`` (floor|peer|callbot) and
+``create_app()`` serves one of them under gunicorn: ``BENCH_APP`` (floor|peer|limit|callbot) and
 ``BENCH_DATABASE_URL``.
 """
 
@@ -190,6 +191,10 @@ def create_app() -> Flask:
     if name == "floor":
         return floor_app()
     url = os.environ["BENCH_DATABASE_URL"]
+    if name == "limit":
+        from limit import limit_app
+
+        return limit_app(url, SECRET, UUID)
     return peer_app(url) if name == "peer" else callbot_app(url)
 
 

@@ -1,13 +1,16 @@
-"""Throughput and latency under gunicorn on loopback, driven by wrk: floor, peer, flask_callbot.
+"""Throughput and latency under gunicorn on loopback, driven by wrk: flask_callbot against the
+contract limit, with the floor and the ORM peer for context.
 
-    python benchmarks/bench_http.py [--workers 4] [--seconds 10] [--connections 32]
+    python benchmarks/bench_http.py [--workers 4] [--seconds 10] [--connections 32] [--rounds 3]
                                     [--postgres postgresql+psycopg://postgres@127.0.0.1/test]
 
 Each receiver is served by gunicorn with the same number of sync workers and hit by wrk
 (Debian's package) with pre-signed, unique task callbacks for the same time; the figures are
-requests per second, p50 and p99 latency, and errors (socket errors and non-2xx replies), with
-ratios to the floor measured in the same run. With ``--postgres`` flask_callbot also runs on that
-database (a fresh schema), next to SQLite.
+requests per second, p50 and p99 latency, and errors (socket errors and non-2xx replies). The
+receivers take turns within each of ``--rounds`` rounds (each on a fresh database); a figure is
+the median of the rounds, and flask_callbot's ratio is the median of its rounds' ratios to the
+contract limit on the same database. With ``--postgres`` the limit and flask_callbot also run on
+that database (a fresh schema each), next to SQLite.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import random
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,43 +100,66 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--postgres", help="also run flask_callbot on this database")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--postgres", help="also run the limit and flask_callbot on this database")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="callbot-http-"))
     requests = folder / "requests.tsv"
     request_file(requests, 150_000)
-    runs = [("floor", "floor", ""), ("peer", "peer", f"sqlite:///{folder / 'peer.sqlite3'}"),
-            ("callbot", "callbot", f"sqlite:///{folder / 'callbot.sqlite3'}")]  # fmt: skip
-    schema = None
+    receivers = [("floor", "floor", "sqlite"), ("peer", "peer", "sqlite"),
+                 ("limit", "limit", "sqlite"), ("callbot", "callbot", "sqlite")]  # fmt: skip
     if args.postgres:
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        receivers += [("limit-pg", "limit", "pg"), ("callbot-pg", "callbot", "pg")]
         admin = sa.create_engine(args.postgres)
+    schemas: list[str] = []
+
+    def database(backend: str) -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{folder / f'{uuid.uuid4().hex[:8]}.sqlite3'}"
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
         with admin.begin() as conn:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        schemas.append(schema)
         url = sa.make_url(args.postgres).update_query_dict({"options": f"-csearch_path={schema}"})
-        runs.append(("callbot-pg", "callbot", url.render_as_string(hide_password=False)))
-    results = {}
+        return url.render_as_string(hide_password=False)
+
+    results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in receivers}
     try:
-        for label, app, database_url in runs:
-            process, port = serve(app, database_url, args.workers, folder)
-            try:
-                results[label] = wrk(port, requests, args)
-            finally:
-                process.terminate()
-                process.wait(30)
+        for _ in range(args.rounds):
+            for label, app, backend in receivers:
+                process, port = serve(app, database(backend), args.workers, folder)
+                try:
+                    results[label].append(wrk(port, requests, args))
+                finally:
+                    process.terminate()
+                    process.wait(30)
     finally:
-        if schema:
+        if schemas:
             with admin.begin() as conn:
-                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    floor = results["floor"]["rps"]
+                for schema in schemas:
+                    conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
     print(
         f"gunicorn {args.workers} sync workers, wrk {args.threads} threads x "
-        f"{args.connections} connections x {args.seconds}s, loopback, unique signed requests"
+        f"{args.connections} connections x {args.seconds}s, loopback, unique signed requests, "
+        f"median of {args.rounds} rounds"
     )
-    print(f"{'':12}{'req/s':>10}{'x floor':>9}{'p50':>10}{'p99':>10}{'errors':>8}")
-    for label, r in results.items():
-        print(f"{label:12}{r['rps']:>10.0f}{r['rps'] / floor:>9.2f}{r['p50_ms']:>8.2f}ms"
-              f"{r['p99_ms']:>8.2f}ms{r['errors']:>8.0f}")  # fmt: skip
+    print(f"{'':12}{'req/s':>10}{'x limit':>9}{'x floor':>9}{'p50':>10}{'p99':>10}{'errors':>8}"
+          "   req/s by round")  # fmt: skip
+    for label, runs in results.items():
+        reference = results["limit-pg" if label.endswith("-pg") else "limit"]
+        to_limit = statistics.median(
+            r["rps"] / ref["rps"] for r, ref in zip(runs, reference, strict=True)
+        )
+        to_floor = statistics.median(
+            r["rps"] / ref["rps"] for r, ref in zip(runs, results["floor"], strict=True)
+        )
+        rps = statistics.median(r["rps"] for r in runs)
+        p50 = statistics.median(r["p50_ms"] for r in runs)
+        p99 = statistics.median(r["p99_ms"] for r in runs)
+        errors = sum(r["errors"] for r in runs)
+        rounds = " ".join(f"{r['rps']:.0f}" for r in runs)
+        print(f"{label:12}{rps:>10.0f}{to_limit:>9.2f}{to_floor:>9.2f}{p50:>8.2f}ms{p99:>8.2f}ms"
+              f"{errors:>8.0f}   {rounds}")  # fmt: skip
 
 
 if __name__ == "__main__":

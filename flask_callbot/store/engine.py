@@ -182,15 +182,11 @@ class DriverStatement:
     SQLAlchemy would convert them (its types' bind processors, e.g. SQLite's datetimes as text).
     """
 
-    __slots__ = ("_fixed", "_names", "_processors", "sql")
+    __slots__ = ("_fixed", "_plan", "_processors", "sql")
 
     def __init__(self, statement: Any, dialect: sa.Dialect, keys: tuple[str, ...]) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys))
         self.sql: str = compiled.string
-        #: Positional drivers (sqlite3's "?"): the values' order; named (psycopg): None.
-        self._names: tuple[str, ...] | None = (
-            tuple(compiled.positiontup) if compiled.positiontup is not None else None
-        )
         #: The statement's own values (``callbacks + 1``'s 1), under the caller's.
         self._fixed = {
             name: bind.effective_value
@@ -203,19 +199,24 @@ class DriverStatement:
             if process is not None:
                 processors[name] = process
         self._processors: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(processors.items())
+        #: Positional drivers (sqlite3's "?"): each value's name and converter, in order; named
+        #: drivers (psycopg): None.
+        self._plan: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
+        if compiled.positiontup is not None:
+            self._plan = tuple((name, processors.get(name)) for name in compiled.positiontup)
 
     def parameters(self, values: Mapping[str, Any]) -> Any:
         """The driver's parameters for ``values``."""
         if self._fixed:
             values = {**self._fixed, **values}
+        if self._plan is not None:
+            return tuple([values[n] if p is None else p(values[n]) for n, p in self._plan])
         if self._processors:
             values = dict(values)
             for name, process in self._processors:
                 if name in values:
                     values[name] = process(values[name])
-        if self._names is None:
-            return values
-        return tuple([values[name] for name in self._names])
+        return values
 
 
 class DriverTransaction:
