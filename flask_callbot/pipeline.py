@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import signals
+from . import signals, signing
 from .dispatch import process
 from .errors import (
     CallbotError,
@@ -29,14 +29,7 @@ from .errors import (
 )
 from .events import CallbackKind
 from .schemas import build_event, decode_body
-from .signing import (
-    AuthHeaders,
-    check_timestamp,
-    check_uuid,
-    parse_auth_headers,
-    peek_request_id,
-    verify_signature,
-)
+from .signing import AuthHeaders, peek_request_id
 from .state import CallbotState, get_state
 from .store import ClaimVerdict, NewDelivery
 
@@ -193,20 +186,18 @@ def observe(
 
 
 def authenticate(state: CallbotState, body: bytes, headers: Headers) -> AuthHeaders:
-    """Steps 2-4: header form, time window, uuid, then the signature over the raw body."""
+    """Steps 2-4 with the app's settings and clock (see :func:`signing.authenticate`)."""
     settings = state.settings
-    auth = parse_auth_headers(headers)
-    check_timestamp(
-        auth.request_ts,
+    return signing.authenticate(
+        headers,
+        body,
         now=state.clock(),
+        uuid=settings.uuid,
+        secret_keys=settings.secret_keys,
+        algorithms=settings.sign_algorithms,
         max_age=settings.max_age,
         max_future_skew=settings.max_future_skew,
     )
-    check_uuid(auth.uuid, settings.uuid)
-    verify_signature(
-        auth, body, secret_keys=settings.secret_keys, algorithms=settings.sign_algorithms
-    )
-    return auth
 
 
 def enqueue(state: CallbotState, request_id: str) -> None:
