@@ -14,7 +14,11 @@ from ..events import CallbackKind, Event, Intent, TaskStatus, Transition, coerce
 
 
 class DeliveryState(StrEnum):
-    """A recorded delivery's processing state (the stored value, and the CLI's filter value)."""
+    """A recorded delivery's processing state (the stored value, and the CLI's filter value).
+
+    A PENDING delivery held for longer than ``CALLBOT_PROCESSING_TIMEOUT`` is *abandoned*: its
+    worker died, or could not write its outcome (see :func:`.claims.is_abandoned`).
+    """
 
     QUEUED = "queued"  # recorded, waiting for a Celery worker (enqueued once enqueued_at is set)
     PENDING = "pending"  # held by a worker right now (a request, or a Celery worker)
@@ -36,6 +40,8 @@ class ClaimVerdict(StrEnum):
 class Claim:
     verdict: ClaimVerdict
     transition: Transition | None = None
+    #: The delivery's attempt this claim holds (NEW, RETRY): its outcome is written for it only.
+    attempt: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +72,8 @@ class StoredDelivery:
     finished_at: datetime | None
     error: str | None
     transition: Transition | None
+    #: When its current hold (or queueing) began: with the lease, whether it is abandoned.
+    claimed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +167,7 @@ def stored_delivery(row: Any) -> StoredDelivery:
         finished_at=None if row.finished_at is None else aware(row.finished_at),
         error=row.error,
         transition=stored_transition(row),
+        claimed_at=aware(row.claimed_at),
     )
 
 
