@@ -173,6 +173,11 @@ class Store(StoreReader):
             stalled_after=stalled_after,
         )
 
+    def queued_request_ids(self, *, enqueued_before: float) -> list[str]:
+        """Queued deliveries enqueued at or before then, oldest first (see
+        :func:`flask_callbot.celery_dispatch.lost_with_workers`)."""
+        return queue.queued_request_ids(self._db, enqueued_before=enqueued_before)
+
     def prune(
         self, *, before: datetime, include_failed: bool = False, batch_size: int = 1000
     ) -> Iterator[int]:
