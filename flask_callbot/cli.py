@@ -293,7 +293,8 @@ def init_db() -> None:
     callback=_duration_option,
     default="60s",
     show_default=True,
-    help="Enqueue deliveries recorded this long ago but never enqueued.",
+    help="Enqueue deliveries recorded this long ago but never enqueued, or enqueued this long "
+    "ago and held by no live worker while the queue is empty (their worker died).",
 )
 @click.option(
     "--stalled-after",
@@ -307,8 +308,9 @@ def sweep(older_than: timedelta, stalled_after: timedelta) -> None:
     """Celery dispatch: enqueue what no worker will otherwise pick up.
 
     Deliveries recorded but never enqueued (a crash or broker outage between the two), held by
-    a worker that died (past CALLBOT_PROCESSING_TIMEOUT), or queued and never taken. Safe to run
-    at any time and periodically: a delivery enqueued twice is still processed once.
+    a worker that died (running: past CALLBOT_PROCESSING_TIMEOUT; reserved: asked of the live
+    workers), or queued and never taken. Safe to run at any time and periodically (every
+    minute): a delivery enqueued twice is still processed once.
     """
     from .celery_dispatch import sweep as sweep_deliveries
 
