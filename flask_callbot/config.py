@@ -22,6 +22,7 @@ DEFAULTS: Mapping[str, Any] = {
     "CALLBOT_ENGINE_OPTIONS": {},
     "CALLBOT_SQLITE_SYNCHRONOUS": "NORMAL",
     "CALLBOT_MAX_CONTENT_LENGTH": 1024 * 1024,
+    "CALLBOT_BODY_TIMEOUT": 10,
     "CALLBOT_MAX_AGE": 300,
     "CALLBOT_MAX_FUTURE_SKEW": 60,
     "CALLBOT_SIGN_ALGORITHMS": ("MD5", "SHA256"),
@@ -89,6 +90,8 @@ class Settings:
     #: ``CALLBOT_RECONCILE_LOOKBACK``: seconds back a plain ``reconcile`` looks (tasks updated).
     reconcile_lookback: int
     metrics: bool = False
+    #: Seconds to wait for more of a request's body before giving up on the client.
+    body_timeout: float = 10
     #: ``CALLBOT_METRICS_REGISTRY`` when metrics are on; ``None``: a registry of the app's own.
     metrics_registry: CollectorRegistry | None = None
 
@@ -140,6 +143,7 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
         reconcile_lookback=_positive_int(get, "CALLBOT_RECONCILE_LOOKBACK"),
         metrics=metrics,
         metrics_registry=_metrics_registry(get["CALLBOT_METRICS_REGISTRY"]) if metrics else None,
+        body_timeout=_positive_number(get, "CALLBOT_BODY_TIMEOUT"),
     )
 
 
@@ -216,6 +220,13 @@ def _positive_int(get: Mapping[str, Any], key: str, *, allow_zero: bool = False)
         kind = "non-negative" if allow_zero else "positive"
         raise ConfigurationError(f"{key} must be a {kind} int")
     return value
+
+
+def _positive_number(get: Mapping[str, Any], key: str) -> float:
+    value = get[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ConfigurationError(f"{key} must be a positive number of seconds")
+    return float(value)
 
 
 def _algorithms(value: Any) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from .dispatch import process
 from .errors import (
     CallbotError,
     DeliveryInProgress,
+    IncompleteBody,
     QueueUnavailable,
     ReceiverFailed,
     RequestRejected,
@@ -64,11 +65,13 @@ class RequestResult(StrEnum):
     RECEIVER_FAILED = "receiver_failed"
     STORE_UNAVAILABLE = "store_unavailable"
     QUEUE_UNAVAILABLE = "queue_unavailable"
+    INCOMPLETE = "incomplete"  # the client never sent its whole body (disconnected, or stalled)
     ERROR = "error"  # an unexpected exception: a bug; Flask answers 500
 
 
 _ERROR_OUTCOMES: Mapping[type[CallbotError], RequestResult] = {
     DeliveryInProgress: RequestResult.BUSY,
+    IncompleteBody: RequestResult.INCOMPLETE,
     ReceiverFailed: RequestResult.RECEIVER_FAILED,
     StoreUnavailable: RequestResult.STORE_UNAVAILABLE,
     QueueUnavailable: RequestResult.QUEUE_UNAVAILABLE,
@@ -84,6 +87,8 @@ class _Observation:
     detail: str | None = None
     #: Set once the request proved authentic: its createTs gives the delivery lag.
     auth: AuthHeaders | None = None
+    #: The server stopped the request before any reply (a worker timeout while reading).
+    unanswered: bool = False
 
 
 #: Where the body comes from: the bytes, or a function reading them that may raise
@@ -108,7 +113,7 @@ def handle(app: Flask, kind: CallbackKind, body: Body, headers: Headers) -> Repl
     state = get_state(app)
     result = _Observation(RequestResult.ERROR)
     try:
-        raw = body if isinstance(body, bytes) else body()
+        raw = _read(body, result)
         auth = authenticate(state, raw, headers)
         result.auth = auth
         event = build_event(
@@ -162,7 +167,7 @@ def observe(
         "kind": kind.value,
         "outcome": result.outcome.value,
         "reason": result.reason,
-        "http_status": reply.http_status if reply else 500,
+        "http_status": reply.http_status if reply else (None if result.unanswered else 500),
         "ret_code": reply.ret_code if reply else None,
         "latency_ms": round(latency * 1000, 3),
     }
@@ -183,6 +188,22 @@ def observe(
         if result.auth is not None:
             lag = state.clock() - result.auth.request_ts
         state.metrics.observe(kind.value, result.outcome.value, latency=latency, lag=lag)
+
+
+def _read(body: Body, result: _Observation) -> bytes:
+    """Step 1: the body. A server that stops the request while it waits for a stalled client's
+    body (a sync worker's timeout raises SystemExit there) logs it as the incomplete body it is,
+    unanswered, rather than as an error of ours."""
+    if isinstance(body, bytes):
+        return body
+    try:
+        return body()
+    except CallbotError:
+        raise
+    except BaseException:
+        result.outcome, result.reason = RequestResult.INCOMPLETE, IncompleteBody.reason
+        result.unanswered = True
+        raise
 
 
 def authenticate(state: CallbotState, body: bytes, headers: Headers) -> AuthHeaders:
@@ -254,7 +275,7 @@ def record_and_dispatch(app: Flask, state: CallbotState, delivery: NewDelivery) 
     if queued:
         enqueue(state, delivery.request_id)
         return RequestResult.ENQUEUED
-    process(app, delivery.event, claim.transition, claim.news)
+    process(app, delivery.event, claim.transition, claim.news, attempt=claim.attempt)
     if claim.transition is not None and not claim.transition.applied:
         return RequestResult.STALE
     return RequestResult.ACCEPTED

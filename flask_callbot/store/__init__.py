@@ -10,6 +10,7 @@ bookkeeping), ``queries`` (reads, counts, prune), ``claims`` (the lease predicat
 from __future__ import annotations
 
 from .api import Store, StoreReader
+from .claims import is_abandoned
 from .engine import Database, create_engine
 from .records import (
     Claim,
@@ -36,6 +37,7 @@ __all__ = [
     "TaskState",
     "create_engine",
     "deliveries",
+    "is_abandoned",
     "metadata",
     "orders",
     "schema_version",

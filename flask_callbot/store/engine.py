@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError, StoreUnavailable
+from . import space
 from .schema import create_or_upgrade, read_version, schema_version
 
 try:
@@ -51,8 +52,14 @@ class Database:
     def writing(self) -> Iterator[Connection]:
         """A writing transaction: on SQLite, the writers' turn and BEGIN IMMEDIATE."""
         self._ensure_schema()
-        with self._translate_errors(), self._writers_turn(), self.engine.begin() as conn:
-            yield conn
+        with self._translate_errors(), self._writers_turn():
+            try:
+                with self.engine.begin() as conn:
+                    yield conn
+            except sa_exc.OperationalError as exc:
+                if self.sqlite_file is not None and space.out_of_space(exc):
+                    self._make_room(self.sqlite_file)
+                raise
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -66,6 +73,20 @@ class Database:
             conn.begin(),
         ):
             yield conn
+
+    @property
+    def sqlite_file(self) -> str | None:
+        """The database file of an SQLite file store (``None``: in memory, or PostgreSQL)."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        database = self.engine.url.database
+        return None if database in (None, "", ":memory:") else database
+
+    def _make_room(self, path: str) -> None:
+        """A write failed for lack of space: give the WAL's space back (see :mod:`.space`), and
+        reopen the connections, which bound their WAL by the free space they find."""
+        if space.make_room(path):
+            self.engine.dispose()
 
     def create_schema(self) -> None:
         """Create or upgrade the tables (idempotent, safe across hosts: see create_or_upgrade)."""
@@ -189,6 +210,7 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:
         if not in_memory:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
+            space.tune_connection(cursor, engine.url.database or "")
         cursor.close()
 
     @sa_event.listens_for(engine, "begin")
