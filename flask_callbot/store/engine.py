@@ -86,7 +86,9 @@ class Database:
         """Create or upgrade the tables to the package's Alembic head (idempotent, one process at
         a time across hosts: see :func:`.migrate.upgrade`). Current tables cost one read, and
         Alembic is imported only when they are not."""
-        with self._translate_errors(), self._writers_turn(), self.engine.begin() as conn:
+        # A host's SQLite engine begins deferred (no BEGIN IMMEDIATE): take the writers' turn.
+        turn = contextlib.nullcontext() if self.owns_engine else self._writers_turn()
+        with self._translate_errors(), turn, self.engine.begin() as conn:
             if read_revision(conn) != HEAD_REVISION:
                 from .migrate import upgrade
 

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import StoreUnavailable
+from .schema import LEGACY_VERSION_TABLE as VERSION_TABLE
 
-#: The hand-written version table, and the version the first Alembic revision stands for.
-VERSION_TABLE = "callbot_schema_version"
+#: The version the first Alembic revision stands for.
 LAST_VERSION = 3
 
 _deliveries = sa.table(
