@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -14,16 +15,19 @@ from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, request
 from flask.blueprints import BlueprintSetupState
+from sqlalchemy.engine import Engine
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from . import pipeline
 from .cli import create_group
 from .config import load_settings
-from .errors import ConfigurationError, IncompleteBody, PayloadTooLarge
+from .errors import ConfigurationError, IncompleteBody, PayloadTooLarge, StoreUnavailable
 from .events import CallbackKind
 from .routes import ROUTES
 from .state import EXTENSION_KEY, CallbotState, current_flask_app, get_state
 from .store import Store
+
+logger = logging.getLogger("flask_callbot")
 
 
 def create_blueprint(*, name: str = "callbot", clock: Callable[[], float] = time.time) -> Blueprint:
@@ -51,13 +55,18 @@ def _init_app(app: Flask, clock: Callable[[], float]) -> None:
     if EXTENSION_KEY in app.extensions:
         raise ConfigurationError("flask_callbot is already set up on this app")
     settings = load_settings(app.config, app.instance_path)
-    if settings.database_url_is_default:
+    engine = _host_engine(app, settings.engine)
+    if settings.database_url_is_default and engine is None:
         os.makedirs(app.instance_path, exist_ok=True)
     store = Store(
-        settings.database_url,
+        settings.database_url if engine is None else engine.url.render_as_string(False),
         settings.engine_options,
         sqlite_synchronous=settings.sqlite_synchronous,
+        engine=engine,
+        manage_schema=settings.manage_schema,
     )
+    if not settings.manage_schema:
+        _report_schema(store)
     metrics = None
     if settings.metrics:
         from .metrics import build_metrics  # imports prometheus_client: only when asked for
@@ -73,6 +82,30 @@ def _init_app(app: Flask, clock: Callable[[], float]) -> None:
     app.extensions[EXTENSION_KEY] = CallbotState(
         settings=settings, store=store, clock=clock, metrics=metrics, enqueue=enqueue
     )
+
+
+def _host_engine(app: Flask, source: Engine | Callable[[], Engine] | None) -> Engine | None:
+    """``CALLBOT_ENGINE``: the engine itself, or what its callable returns in the app's context
+    (``lambda: db.engine`` with Flask-SQLAlchemy)."""
+    if source is None or isinstance(source, Engine):
+        return source
+    with app.app_context():
+        engine = source()
+    if not isinstance(engine, Engine):
+        raise ConfigurationError(f"CALLBOT_ENGINE returned {type(engine).__name__}, not an Engine")
+    return engine
+
+
+def _report_schema(store: Store) -> None:
+    """``CALLBOT_MANAGE_SCHEMA`` off: say at once if the tables are missing or behind, without
+    failing (the host's ``flask db upgrade`` registers this app too, to fix just that)."""
+    try:
+        problem = store.schema_problem()
+    except StoreUnavailable as exc:
+        logger.warning("flask_callbot: the store's schema could not be checked: %s", exc.message)
+        return
+    if problem:
+        logger.warning("flask_callbot: %s", problem)
 
 
 def _view(kind: CallbackKind) -> Callable[[], Response]:

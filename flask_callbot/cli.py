@@ -19,7 +19,15 @@ from .dispatch import replay
 from .errors import ConfigurationError, DeliveryInProgress, ReceiverFailed
 from .events import CallbackKind, TaskStatus
 from .state import current_flask_app, get_state
-from .store import DeliveryState, Store, StoredDelivery, TaskState, is_abandoned
+from .store import (
+    HEAD_REVISION,
+    SCHEMA_VERSION,
+    DeliveryState,
+    Store,
+    StoredDelivery,
+    TaskState,
+    is_abandoned,
+)
 from .tables import render_table
 
 if TYPE_CHECKING:
@@ -84,6 +92,7 @@ def create_group() -> CallbotGroup:
     group = CallbotGroup()
     for command in (events, show, replay_command, tasks, prune, init_db, sweep, reconcile_command):
         group.add_command(command)
+    group.add_command(db_group)
     return group
 
 
@@ -288,6 +297,62 @@ def init_db() -> None:
     store = _store()
     store.create_schema()
     click.echo(f"callbot schema version {store.get_schema_version()}")
+
+
+@click.group("db")
+def db_group() -> None:
+    """The callbot tables' Alembic branch: upgrade, current revision, history."""
+
+
+@db_group.command("upgrade")
+@with_appcontext
+@click.option("--sql", is_flag=True, help="Print the SQL (offline, for a DBA); change nothing.")
+@click.argument("revision", default="callbot@head")
+def db_upgrade(sql: bool, revision: str) -> None:
+    """Create or upgrade the tables (even with CALLBOT_MANAGE_SCHEMA off).
+
+    With --sql, REVISION may be a range FROM:TO (callbot_0003:callbot@head) for tables already
+    at FROM; without one, the SQL creates them on an empty database.
+    """
+    store = _store()
+    if sql:
+        from .store.migrate import upgrade_sql
+
+        upgrade_sql(store.engine.dialect.name, sys.stdout, revision)
+        return
+    if revision != "callbot@head":
+        raise click.UsageError("online, the tables are upgraded to callbot@head only")
+    store.create_schema()
+    click.echo(f"callbot schema version {store.get_schema_version()} ({HEAD_REVISION})")
+
+
+@db_group.command("current")
+@with_appcontext
+def db_current() -> None:
+    """The schema version and revision the tables are at (reads only)."""
+    store = _store()
+    version = store.peek_schema_version()
+    problem = store.schema_problem()
+    if version is None:
+        click.echo("no callbot tables yet")
+    elif version == SCHEMA_VERSION and problem is None:
+        revision = store.peek_schema_revision()
+        made = f"({revision}, head)" if revision else "(made before Alembic: db upgrade records it)"
+        click.echo(f"callbot schema version {version} {made}")
+    else:
+        click.echo(f"callbot schema version {version}")
+    if problem:
+        click.echo(problem)
+
+
+@db_group.command("history")
+def db_history() -> None:
+    """The callbot revisions, newest first."""
+    from .store.migrate import history
+
+    for info in history():
+        head = " (head)" if info.is_head else ""
+        click.echo(f"{info.down_revision or '<base>'} -> {info.revision}{head}, {info.message}")
 
 
 @click.command("sweep")

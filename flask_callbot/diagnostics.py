@@ -40,6 +40,7 @@ from .signing import (
     verify_signature,
 )
 from .store import SCHEMA_VERSION, Store
+from .store.schema import version_problem
 from .store.space import ADVISED_BYTES, NEEDED_BYTES, disk_use
 from .wire import SERIALIZATIONS, serialize
 
@@ -509,18 +510,20 @@ def _check_store(store: Store) -> Step:
         version = store.peek_schema_version()
     except StoreUnavailable as exc:
         return Step(StepStatus.PROBLEM, "store", f"{url} unreachable: {exc.message}")
-    if version is None:
-        detail = f"{url} reachable; tables not created yet (first use, or init-db)"
+    managed = store.db.manage_schema
+    if version is None and managed:
+        detail = f"{url} reachable; tables not created yet (first use, or db upgrade)"
         return Step(StepStatus.OK, "store", detail)
-    if version < SCHEMA_VERSION:
-        detail = f"{url} at schema version {version}; {SCHEMA_VERSION} is current: run init-db"
-        return Step(StepStatus.WARN, "store", detail)
-    if version > SCHEMA_VERSION:
+    if version is not None and version > SCHEMA_VERSION:
         detail = (
             f"{url} at schema version {version}, newer than this flask_callbot "
             f"({SCHEMA_VERSION}): upgrade the package"
         )
         return Step(StepStatus.PROBLEM, "store", detail)
+    problem = version_problem(version)
+    if problem is not None:  # missing or behind: first use upgrades only if managed here
+        status = StepStatus.WARN if managed else StepStatus.PROBLEM
+        return Step(status, "store", f"{url}: {problem}")
     return Step(StepStatus.OK, "store", f"{url} reachable, schema version {version}")
 
 

@@ -417,6 +417,7 @@ def test_reconciliation_racing_live_callbacks_sends_no_double_signal(
     start_server: Callable[..., Server],
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Three campaigns lose 30% of their callbacks on the way; the rest go to gunicorn -w 4
     while this process reconciles in a loop against a fake of the vendor's API that learns each
@@ -426,6 +427,7 @@ def test_reconciliation_racing_live_callbacks_sends_no_double_signal(
     from flask_callbot.client import CallbotAPI
     from flask_callbot.reconcile import reconcile
     from flask_callbot.simulator import build_campaign, differences
+    from flask_callbot.state import get_state
     from flask_callbot.vendor_api import FakeVendor, serve_vendor_api
 
     server = start_server(database_url)
@@ -440,6 +442,7 @@ def test_reconciliation_racing_live_callbacks_sends_no_double_signal(
     from served_app import create_app  # the same receivers, writing to the same signal log
 
     reconciler = create_app()
+    request.addfinalizer(get_state(reconciler).store.dispose)  # no connection left to the GC
     campaigns = [build_campaign(orders=40, seed=seed, drop=0.3) for seed in (41, 42, 43)]
     genuine = sorted(
         (d for c in campaigns for d in c.genuine), key=lambda d: (d.at, d.kind != "task")

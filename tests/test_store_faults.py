@@ -53,7 +53,7 @@ def unmount(folder: Path) -> None:
 
 def fill(path: Path) -> None:
     """Write ``path`` until the file system is full."""
-    with path.open("wb") as file:
+    with path.open("wb", buffering=0) as file:  # unbuffered: close() has nothing left to write
         try:
             while True:
                 file.write(b"\0" * 65536)

@@ -17,6 +17,7 @@ from . import ingest, queries, queue
 from .engine import Database
 from .outcomes import Outcome, OwedOutcomes
 from .records import Claim, DeliveryState, NewDelivery, OrderState, StoredDelivery, TaskState
+from .schema import version_problem
 
 
 class StoreReader:
@@ -126,8 +127,19 @@ class Store(StoreReader):
         engine_options: Mapping[str, Any] | None = None,
         *,
         sqlite_synchronous: str = "NORMAL",
+        engine: Engine | None = None,
+        manage_schema: bool = True,
     ) -> None:
-        super().__init__(Database(url, engine_options or {}, sqlite_synchronous=sqlite_synchronous))
+        """``engine``: a host's engine to use instead of one made from ``url`` (which then only
+        names it); ``manage_schema=False``: never create or upgrade the tables on first use."""
+        database = Database(
+            url,
+            engine_options or {},
+            sqlite_synchronous=sqlite_synchronous,
+            engine=engine,
+            manage_schema=manage_schema,
+        )
+        super().__init__(database)
         self.reader = StoreReader(self._db)
         #: Outcomes not written yet (the store failed after the receivers ran): see
         #: :mod:`.outcomes`; written before this store records or claims anything else.
@@ -210,9 +222,20 @@ class Store(StoreReader):
         return self._db.peek_schema_version()
 
     def create_schema(self) -> None:
-        """Create or upgrade the tables to :data:`~.schema.SCHEMA_VERSION` (idempotent, safe
-        across hosts); a database written by a newer flask_callbot is refused."""
+        """Create or upgrade the tables to :data:`~.schema.SCHEMA_VERSION` through the callbot
+        Alembic branch (idempotent, safe across hosts), even with ``manage_schema`` off; a
+        database written by a newer flask_callbot is refused."""
         self._db.create_schema()
+
+    def peek_schema_revision(self) -> str | None:
+        """The callbot Alembic revision of the tables, creating nothing (``None``: none yet, or
+        made before Alembic)."""
+        return self._db.peek_schema_revision()
+
+    def schema_problem(self) -> str | None:
+        """What keeps the tables from serving this package, read without changing anything
+        (``None``: nothing); see :func:`~.schema.version_problem`."""
+        return version_problem(self._db.peek_schema_version())
 
     def dispose(self) -> None:
         self.owed.close()
