@@ -19,7 +19,15 @@ from .dispatch import replay
 from .errors import ConfigurationError, DeliveryInProgress, ReceiverFailed
 from .events import CallbackKind, TaskStatus
 from .state import current_flask_app, get_state
-from .store import DeliveryState, Store, StoredDelivery, TaskState
+from .store import (
+    HEAD_REVISION,
+    SCHEMA_VERSION,
+    DeliveryState,
+    Store,
+    StoredDelivery,
+    TaskState,
+    is_abandoned,
+)
 from .tables import render_table
 
 if TYPE_CHECKING:
@@ -84,6 +92,7 @@ def create_group() -> CallbotGroup:
     group = CallbotGroup()
     for command in (events, show, replay_command, tasks, prune, init_db, sweep, reconcile_command):
         group.add_command(command)
+    group.add_command(db_group)
     return group
 
 
@@ -100,10 +109,18 @@ def _moment(value: datetime | timedelta | None) -> datetime | None:
     return _now() - value if isinstance(value, timedelta) else value
 
 
+#: Not a stored state: a pending delivery held past CALLBOT_PROCESSING_TIMEOUT (its worker
+#: died, or could not write its outcome). ``events`` shows and filters it; ``replay --failed``
+#: takes it up.
+ABANDONED = "abandoned"
+
+
 @click.command("events")
 @with_appcontext
 @click.option(
-    "--outcome", type=click.Choice([o.value for o in DeliveryState]), help="Only this outcome."
+    "--outcome",
+    type=click.Choice([*(o.value for o in DeliveryState), ABANDONED]),
+    help="Only this outcome (abandoned: pending past CALLBOT_PROCESSING_TIMEOUT).",
 )
 @click.option("--task", "task_id", help="Only deliveries of this taskID.")
 @click.option("--kind", type=click.Choice([k.value for k in CallbackKind]), help="Only this kind.")
@@ -121,13 +138,15 @@ def events(
     limit: int,
 ) -> None:
     """List recorded deliveries, newest first."""
+    abandoned = outcome == ABANDONED
     rows = _store().list_deliveries(
-        outcome=DeliveryState(outcome) if outcome else None,
+        outcome=DeliveryState.PENDING if abandoned else DeliveryState(outcome) if outcome else None,
         task_id=task_id,
         kind=CallbackKind(kind) if kind else None,
         since=_moment(since),
         until=_moment(until),
         limit=limit,
+        claimed_before=_now() - timedelta(seconds=_lease()) if abandoned else None,
     )
     _echo_table(
         ("RECEIVED", "REQUEST ID", "KIND", "TASK", "ORDER", "OUTCOME", "TRIES", "CHANGE", "ERROR"),
@@ -138,7 +157,7 @@ def events(
                 d.kind.value,
                 d.task_id or "",
                 d.order_id or "",
-                d.outcome.value,
+                _outcome(d),
                 str(d.attempts),
                 _change(d),
                 _clip(d.error or "", 60),
@@ -163,8 +182,9 @@ def show(request_id: str) -> None:
         ("order", delivery.order_id or "-"),
         ("request time", f"{delivery.request_ts} ({_time(_from_ts(delivery.request_ts))})"),
         ("received", _time(delivery.received_at)),
-        ("outcome", delivery.outcome.value),
+        ("outcome", _outcome(delivery)),
         ("attempts", str(delivery.attempts)),
+        ("claimed", _time(delivery.claimed_at) if delivery.claimed_at else "-"),
         ("enqueued", _time(delivery.enqueued_at) if delivery.enqueued_at else "-"),
         ("finished", _time(delivery.finished_at) if delivery.finished_at else "-"),
         ("change", _change(delivery) or "-"),
@@ -185,17 +205,23 @@ def show(request_id: str) -> None:
 @click.command("replay")
 @with_appcontext
 @click.argument("request_ids", nargs=-1)
-@click.option("--failed", is_flag=True, help="Replay every failed delivery, oldest first.")
+@click.option(
+    "--failed", is_flag=True, help="Replay every failed or abandoned delivery, oldest first."
+)
 def replay_command(request_ids: Sequence[str], failed: bool) -> None:
     """Run stored deliveries through the receivers again, reporting each.
 
     Receivers get the same event and transition as the first time; the delivery ends processed
-    or failed. Exits 1 if any replay failed.
+    or failed. --failed takes the failed deliveries and the abandoned ones (pending past
+    CALLBOT_PROCESSING_TIMEOUT: the worker died, or could not write the outcome). Exits 1 if
+    any replay failed.
     """
     app = current_flask_app()
     if failed == bool(request_ids):
         raise click.UsageError("give REQUEST_ID(s) or --failed (not both)")
-    targets = list(request_ids) or _store().failed_request_ids()
+    targets = list(request_ids) or _store().failed_request_ids(
+        now=get_state().clock(), lease=_lease()
+    )
     if not targets:
         click.echo("nothing to replay")
         return
@@ -259,6 +285,9 @@ def prune(older_than: timedelta, include_failed: bool) -> None:
             deleted += count
             bar.update(count)
     click.echo(f"deleted {deleted} deliveries received before {_time(before)}")
+    kept = _unfinished(store)
+    if kept:
+        click.echo(f"kept {kept}: replay them (flask callbot replay --failed)")
 
 
 @click.command("init-db")
@@ -270,6 +299,62 @@ def init_db() -> None:
     click.echo(f"callbot schema version {store.get_schema_version()}")
 
 
+@click.group("db")
+def db_group() -> None:
+    """The callbot tables' Alembic branch: upgrade, current revision, history."""
+
+
+@db_group.command("upgrade")
+@with_appcontext
+@click.option("--sql", is_flag=True, help="Print the SQL (offline, for a DBA); change nothing.")
+@click.argument("revision", default="callbot@head")
+def db_upgrade(sql: bool, revision: str) -> None:
+    """Create or upgrade the tables (even with CALLBOT_MANAGE_SCHEMA off).
+
+    With --sql, REVISION may be a range FROM:TO (callbot_0003:callbot@head) for tables already
+    at FROM; without one, the SQL creates them on an empty database.
+    """
+    store = _store()
+    if sql:
+        from .store.migrate import upgrade_sql
+
+        upgrade_sql(store.engine.dialect.name, sys.stdout, revision)
+        return
+    if revision != "callbot@head":
+        raise click.UsageError("online, the tables are upgraded to callbot@head only")
+    store.create_schema()
+    click.echo(f"callbot schema version {store.get_schema_version()} ({HEAD_REVISION})")
+
+
+@db_group.command("current")
+@with_appcontext
+def db_current() -> None:
+    """The schema version and revision the tables are at (reads only)."""
+    store = _store()
+    version = store.peek_schema_version()
+    problem = store.schema_problem()
+    if version is None:
+        click.echo("no callbot tables yet")
+    elif version == SCHEMA_VERSION and problem is None:
+        revision = store.peek_schema_revision()
+        made = f"({revision}, head)" if revision else "(made before Alembic: db upgrade records it)"
+        click.echo(f"callbot schema version {version} {made}")
+    else:
+        click.echo(f"callbot schema version {version}")
+    if problem:
+        click.echo(problem)
+
+
+@db_group.command("history")
+def db_history() -> None:
+    """The callbot revisions, newest first."""
+    from .store.migrate import history
+
+    for info in history():
+        head = " (head)" if info.is_head else ""
+        click.echo(f"{info.down_revision or '<base>'} -> {info.revision}{head}, {info.message}")
+
+
 @click.command("sweep")
 @with_appcontext
 @click.option(
@@ -278,7 +363,8 @@ def init_db() -> None:
     callback=_duration_option,
     default="60s",
     show_default=True,
-    help="Enqueue deliveries recorded this long ago but never enqueued.",
+    help="Enqueue deliveries recorded this long ago but never enqueued, or enqueued this long "
+    "ago and held by no live worker while the queue is empty (their worker died).",
 )
 @click.option(
     "--stalled-after",
@@ -292,8 +378,9 @@ def sweep(older_than: timedelta, stalled_after: timedelta) -> None:
     """Celery dispatch: enqueue what no worker will otherwise pick up.
 
     Deliveries recorded but never enqueued (a crash or broker outage between the two), held by
-    a worker that died (past CALLBOT_PROCESSING_TIMEOUT), or queued and never taken. Safe to run
-    at any time and periodically: a delivery enqueued twice is still processed once.
+    a worker that died (running: past CALLBOT_PROCESSING_TIMEOUT; reserved: asked of the live
+    workers), or queued and never taken. Safe to run at any time and periodically (every
+    minute): a delivery enqueued twice is still processed once.
     """
     from .celery_dispatch import sweep as sweep_deliveries
 
@@ -415,6 +502,25 @@ def echo_report(report: Report, *, dry_run: bool) -> None:
         f"{report.calls_checked} call(s): {len(report.findings)} difference(s) {verb}, "
         f"{len(report.errors)} error(s)"
     )
+
+
+def _lease() -> int:
+    return get_state().settings.processing_timeout
+
+
+def _outcome(delivery: StoredDelivery) -> str:
+    """The stored outcome, or ``abandoned`` for one held past the processing timeout."""
+    if is_abandoned(delivery, _now(), _lease()):
+        return ABANDONED
+    return delivery.outcome.value
+
+
+def _unfinished(store: Store) -> str:
+    """``N failed and M abandoned deliveries`` (the parts that are not zero), or nothing."""
+    failed = store.count_failed()
+    abandoned = store.count_abandoned(now=get_state().clock(), lease=_lease())
+    parts = [f"{failed} failed"] * bool(failed) + [f"{abandoned} abandoned"] * bool(abandoned)
+    return f"{' and '.join(parts)} deliveries" if parts else ""
 
 
 def _echo_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:

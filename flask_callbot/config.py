@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from sqlalchemy.engine import Engine
 
 from .errors import ConfigurationError
 from .signing import ALGORITHMS, is_well_formed_uuid
@@ -20,8 +22,11 @@ DEFAULTS: Mapping[str, Any] = {
     "CALLBOT_UUID": None,
     "CALLBOT_DATABASE_URL": None,  # an SQLite file in app.instance_path
     "CALLBOT_ENGINE_OPTIONS": {},
+    "CALLBOT_ENGINE": None,  # the host's SQLAlchemy Engine, or a callable returning it
+    "CALLBOT_MANAGE_SCHEMA": True,
     "CALLBOT_SQLITE_SYNCHRONOUS": "NORMAL",
     "CALLBOT_MAX_CONTENT_LENGTH": 1024 * 1024,
+    "CALLBOT_BODY_TIMEOUT": 10,
     "CALLBOT_MAX_AGE": 300,
     "CALLBOT_MAX_FUTURE_SKEW": 60,
     "CALLBOT_SIGN_ALGORITHMS": ("MD5", "SHA256"),
@@ -89,6 +94,13 @@ class Settings:
     #: ``CALLBOT_RECONCILE_LOOKBACK``: seconds back a plain ``reconcile`` looks (tasks updated).
     reconcile_lookback: int
     metrics: bool = False
+    #: Seconds to wait for more of a request's body before giving up on the client.
+    body_timeout: float = 10
+    #: ``CALLBOT_ENGINE``: the host's engine (or a callable called once, in the app's context,
+    #: at registration) instead of one made from ``CALLBOT_DATABASE_URL``.
+    engine: Engine | Callable[[], Engine] | None = None
+    #: ``CALLBOT_MANAGE_SCHEMA``: first use creates or upgrades the tables (off: the host does).
+    manage_schema: bool = True
     #: ``CALLBOT_METRICS_REGISTRY`` when metrics are on; ``None``: a registry of the app's own.
     metrics_registry: CollectorRegistry | None = None
 
@@ -117,6 +129,7 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
     if not isinstance(engine_options, Mapping):
         raise ConfigurationError("CALLBOT_ENGINE_OPTIONS must be a dict of create_engine options")
     metrics = _flag(get, "CALLBOT_METRICS")
+    engine = _engine(get, config)
     secret_keys = _secret_keys(get["CALLBOT_SECRET_KEY"])
     uuid = _uuid(get["CALLBOT_UUID"])
     return Settings(
@@ -139,7 +152,10 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
         api=_api(get, config, uuid, secret_keys[0]),
         reconcile_lookback=_positive_int(get, "CALLBOT_RECONCILE_LOOKBACK"),
         metrics=metrics,
+        engine=engine,
+        manage_schema=_flag(get, "CALLBOT_MANAGE_SCHEMA"),
         metrics_registry=_metrics_registry(get["CALLBOT_METRICS_REGISTRY"]) if metrics else None,
+        body_timeout=_positive_number(get, "CALLBOT_BODY_TIMEOUT"),
     )
 
 
@@ -181,6 +197,20 @@ def _api(
     )
 
 
+def _engine(get: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
+    engine = get["CALLBOT_ENGINE"]
+    if engine is None:
+        return None
+    if not isinstance(engine, Engine) and not callable(engine):
+        raise ConfigurationError(
+            "CALLBOT_ENGINE must be an SQLAlchemy Engine or a callable returning one"
+        )
+    for key in ("CALLBOT_DATABASE_URL", "CALLBOT_ENGINE_OPTIONS"):
+        if config.get(key):
+            raise ConfigurationError(f"CALLBOT_ENGINE is set: {key} would be ignored, unset it")
+    return engine
+
+
 def _flag(get: Mapping[str, Any], key: str) -> bool:
     value = get[key]
     if not isinstance(value, bool):
@@ -216,6 +246,13 @@ def _positive_int(get: Mapping[str, Any], key: str, *, allow_zero: bool = False)
         kind = "non-negative" if allow_zero else "positive"
         raise ConfigurationError(f"{key} must be a {kind} int")
     return value
+
+
+def _positive_number(get: Mapping[str, Any], key: str) -> float:
+    value = get[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ConfigurationError(f"{key} must be a positive number of seconds")
+    return float(value)
 
 
 def _algorithms(value: Any) -> tuple[str, ...]:

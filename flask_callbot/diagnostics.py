@@ -40,6 +40,8 @@ from .signing import (
     verify_signature,
 )
 from .store import SCHEMA_VERSION, Store
+from .store.schema import version_problem
+from .store.space import ADVISED_BYTES, NEEDED_BYTES, disk_use
 from .wire import SERIALIZATIONS, serialize
 
 
@@ -415,8 +417,9 @@ def check_configuration(
     ping: bool | None = None,
     clock: Callable[[], float] = time.time,
 ) -> list[Step]:
-    """The doctor's checklist: secret, uuid, algorithms, store, clock, and the vendor's API.
-    PROBLEM means broken.
+    """The doctor's checklist: secret, uuid, algorithms, store (its deliveries left failed or
+    abandoned, and an SQLite file's free space), clock, and the vendor's API. PROBLEM means
+    broken.
 
     What registration already refuses (no key, an empty key, a malformed uuid, an unknown
     algorithm: see :func:`flask_callbot.config.load_settings`) is not checked again here. The
@@ -427,6 +430,8 @@ def check_configuration(
     steps.append(Step(StepStatus.OK, "uuid", f"{settings.uuid} is well formed"))
     steps += _check_algorithms(settings.sign_algorithms)
     steps.append(_check_store(store))
+    steps += _check_deliveries(store, settings, now)
+    steps += _check_disk(store)
     steps += _check_clock(settings, now=now, system_now=system_now, reference=reference)
     if settings.api.configured if ping is None else ping:
         steps += check_vendor_api(settings, clock=clock)
@@ -505,19 +510,81 @@ def _check_store(store: Store) -> Step:
         version = store.peek_schema_version()
     except StoreUnavailable as exc:
         return Step(StepStatus.PROBLEM, "store", f"{url} unreachable: {exc.message}")
-    if version is None:
-        detail = f"{url} reachable; tables not created yet (first use, or init-db)"
+    managed = store.db.manage_schema
+    if version is None and managed:
+        detail = f"{url} reachable; tables not created yet (first use, or db upgrade)"
         return Step(StepStatus.OK, "store", detail)
-    if version < SCHEMA_VERSION:
-        detail = f"{url} at schema version {version}; {SCHEMA_VERSION} is current: run init-db"
-        return Step(StepStatus.WARN, "store", detail)
-    if version > SCHEMA_VERSION:
+    if version is not None and version > SCHEMA_VERSION:
         detail = (
             f"{url} at schema version {version}, newer than this flask_callbot "
             f"({SCHEMA_VERSION}): upgrade the package"
         )
         return Step(StepStatus.PROBLEM, "store", detail)
+    problem = version_problem(version)
+    if problem is not None:  # missing or behind: first use upgrades only if managed here
+        status = StepStatus.WARN if managed else StepStatus.PROBLEM
+        return Step(status, "store", f"{url}: {problem}")
     return Step(StepStatus.OK, "store", f"{url} reachable, schema version {version}")
+
+
+def _check_deliveries(store: Store, settings: Settings, now: float) -> list[Step]:
+    """Deliveries left failed or abandoned; counted only on tables at this version (the doctor
+    creates and upgrades nothing; the store step said why it could not look)."""
+    try:
+        if store.peek_schema_version() != SCHEMA_VERSION:
+            return []
+        failed = store.count_failed()
+        abandoned = store.count_abandoned(now=now, lease=settings.processing_timeout)
+    except StoreUnavailable:
+        return []
+    if not failed and not abandoned:
+        return [Step(StepStatus.OK, "deliveries", "none failed or abandoned")]
+    detail = (
+        f"{failed} failed, {abandoned} abandoned (pending past CALLBOT_PROCESSING_TIMEOUT "
+        f"= {settings.processing_timeout} s: the worker died, or could not write the outcome); "
+        "run flask callbot replay --failed"
+    )
+    return [Step(StepStatus.WARN, "deliveries", detail)]
+
+
+def _check_disk(store: Store) -> list[Step]:
+    """An SQLite file store's free space against what it needs (see :mod:`.store.space`)."""
+    path = store.db.sqlite_file
+    if path is None:
+        return []
+    try:
+        use = disk_use(path)
+    except OSError as exc:
+        return [Step(StepStatus.WARN, "disk", f"cannot read the free space for {path}: {exc}")]
+    detail = (
+        f"{_size(use.free)} free in {use.directory}; the store takes "
+        f"{_size(use.database + use.wal)} (WAL {_size(use.wal)})"
+    )
+    if use.free < NEEDED_BYTES:
+        detail += (
+            f": under the {_size(NEEDED_BYTES)} it needs to checkpoint its WAL, writes fail "
+            "(503) until space is freed or deliveries pruned"
+        )
+        return [Step(StepStatus.PROBLEM, "disk", detail)]
+    if use.free < ADVISED_BYTES:
+        detail += (
+            f": keep at least {_size(ADVISED_BYTES)} free, plus the deliveries' growth until "
+            "the next prune"
+        )
+        return [Step(StepStatus.WARN, "disk", detail)]
+    return [Step(StepStatus.OK, "disk", detail)]
+
+
+def _size(count: int) -> str:
+    """``512 bytes``, ``3.5 KiB``, ``1.2 GiB``."""
+    if count < 1024:
+        return f"{count} bytes"
+    value, unit = count / 1024, "KiB"
+    for larger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.1f} {unit}"
 
 
 def _check_clock(

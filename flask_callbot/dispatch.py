@@ -14,7 +14,7 @@ from blinker import NamedSignal
 from flask import Flask
 
 from . import signals
-from .errors import CallbotError, ReceiverFailed
+from .errors import ReceiverFailed
 from .events import CallEvent, Event, OrderEvent, TaskEvent, TaskStatus, Transition
 from .schemas import build_event, decode_body
 from .state import CallbotState, get_state
@@ -58,15 +58,23 @@ def planned_signals(
     return planned
 
 
-def process(app: Flask, event: Event, transition: Transition | None, news: bool = True) -> None:
-    """Send the delivery's signals, then mark it processed, or failed (and re-raise)."""
+def process(
+    app: Flask,
+    event: Event,
+    transition: Transition | None,
+    news: bool = True,
+    *,
+    attempt: int = 1,
+) -> None:
+    """Send the delivery's signals, then mark it processed, or failed (and re-raise), for the
+    ``attempt`` that holds it."""
     state = get_state(app)
     try:
         send_signals(app, event, transition, news)
     except ReceiverFailed as exc:
-        _finish(state, event.request_id, error=exc.message)
+        _finish(state, event.request_id, attempt, error=exc.message)
         raise
-    _finish(state, event.request_id)
+    _finish(state, event.request_id, attempt)
 
 
 class WorkerResult(StrEnum):
@@ -96,11 +104,11 @@ def process_queued(app: Flask, request_id: str, *, final: bool) -> WorkerResult:
         send_signals(app, event, delivery.transition, delivery.news)
     except ReceiverFailed as exc:
         if final:
-            _finish(state, request_id, error=exc.message)
+            _finish(state, request_id, delivery.attempts, error=exc.message)
             return WorkerResult.FAILED
         state.store.requeue(request_id, now=state.clock(), error=exc.message)
         return WorkerResult.RETRYING
-    _finish(state, request_id)
+    _finish(state, request_id, delivery.attempts)
     return WorkerResult.PROCESSED
 
 
@@ -114,7 +122,9 @@ def replay(app: Flask, request_id: str) -> StoredDelivery:
     delivery = state.store.claim_for_replay(
         request_id, now=state.clock(), lease=state.settings.processing_timeout
     )
-    process(app, load_event(delivery), delivery.transition, delivery.news)
+    process(
+        app, load_event(delivery), delivery.transition, delivery.news, attempt=delivery.attempts
+    )
     return delivery
 
 
@@ -161,9 +171,9 @@ def _status_signal(transition: Transition) -> NamedSignal | None:
     return _STATUS_SIGNALS.get(transition.status)
 
 
-def _finish(state: CallbotState, request_id: str, *, error: str | None = None) -> None:
-    """Mark the outcome; if the store fails now, the receivers' work stands: log, do not undo."""
-    try:
-        state.store.finish(request_id, now=state.clock(), error=error)
-    except CallbotError:
-        logger.exception("callbot: could not mark request_id=%s finished", request_id)
+def _finish(
+    state: CallbotState, request_id: str, attempt: int, *, error: str | None = None
+) -> None:
+    """Mark the outcome. If the store fails now, the receivers' work stands: the store retries
+    the outcome, then owes it and writes it once it can (see :mod:`.store.outcomes`)."""
+    state.store.finish(request_id, now=state.clock(), attempt=attempt, error=error)

@@ -88,6 +88,14 @@ class RequestIdReused(RequestRejected):
     http_status, ret_code, reason = 409, 4, "request-id-reused"
 
 
+class IncompleteBody(CallbotError):
+    """The client stopped sending before the whole body arrived (it disconnected, or sent
+    nothing more for ``CALLBOT_BODY_TIMEOUT``): nothing was authenticated, stored or signalled.
+    Answered like a body that is not JSON, if anyone is still listening."""
+
+    http_status, ret_code, reason = 400, 3, "incomplete-body"
+
+
 class DeliveryInProgress(CallbotError):
     """The same requestID is being processed by another worker now; the sender retries later."""
 

@@ -9,7 +9,8 @@ only then, and this module imports prometheus_client lazily.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from flask import Flask, Response
@@ -33,7 +34,14 @@ HANDLING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class Metrics:
     """One app's metrics: deliveries by kind and outcome, lag and handling time, failures."""
 
-    def __init__(self, store: Store, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: CollectorRegistry | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        lease: int = 60,
+    ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -58,6 +66,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_FailedDeliveries(store))
+        self.registry.register(_UnfinishedDeliveries(store, clock, lease))
 
     def observe(self, kind: str, outcome: str, *, latency: float, lag: float | None) -> None:
         """Account for one request (called once per request by the pipeline)."""
@@ -93,11 +102,55 @@ class _FailedDeliveries:
 _FAILED_HELP = "Deliveries whose receivers raised, kept as failed (replay them)."
 
 
-def build_metrics(store: Store, registry: CollectorRegistry | None = None) -> Metrics:
+class _UnfinishedDeliveries:
+    """Deliveries whose outcome is not written: ``callbot_abandoned_deliveries`` counted in the
+    store (held past the processing timeout: their worker died, or could not write the outcome),
+    and ``callbot_unwritten_outcomes``, the outcomes this process owes the store right now (it
+    is the one to watch while the store is down, when the store cannot be counted)."""
+
+    def __init__(self, store: Store, clock: Callable[[], float], lease: int) -> None:
+        self.store, self.clock, self.lease = store, clock, lease
+
+    def describe(self) -> list[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        return [
+            GaugeMetricFamily("callbot_abandoned_deliveries", _ABANDONED_HELP),
+            GaugeMetricFamily("callbot_unwritten_outcomes", _UNWRITTEN_HELP),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        owed = len(self.store.owed)
+        yield GaugeMetricFamily("callbot_unwritten_outcomes", _UNWRITTEN_HELP, value=owed)
+        try:
+            count = self.store.count_abandoned(now=self.clock(), lease=self.lease)
+        except CallbotError:
+            logger.warning("callbot: metrics: could not count abandoned deliveries")
+            return
+        yield GaugeMetricFamily("callbot_abandoned_deliveries", _ABANDONED_HELP, value=count)
+
+
+_ABANDONED_HELP = (
+    "Deliveries held past CALLBOT_PROCESSING_TIMEOUT: the worker died, or could not write the "
+    "outcome (replay them)."
+)
+_UNWRITTEN_HELP = "Outcomes this process could not write to the store yet (retried each second)."
+
+
+def build_metrics(
+    store: Store,
+    registry: CollectorRegistry | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    lease: int = 60,
+) -> Metrics:
     """An app's metrics, made at registration when ``CALLBOT_METRICS`` is true: on ``registry``
-    (``CALLBOT_METRICS_REGISTRY``), or on a registry of their own."""
+    (``CALLBOT_METRICS_REGISTRY``), or on a registry of their own. ``clock`` and ``lease`` (the
+    processing timeout) tell which deliveries are abandoned."""
     try:
-        return Metrics(store, registry)
+        return Metrics(store, registry, clock=clock, lease=lease)
     except ValueError as exc:  # "Duplicated timeseries": a second app on one registry
         raise ConfigurationError(
             f"CALLBOT_METRICS_REGISTRY already holds flask_callbot's metrics ({exc}); give "

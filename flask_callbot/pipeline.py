@@ -17,11 +17,12 @@ from typing import Any
 
 from flask import Flask
 
-from . import signals
+from . import signals, signing
 from .dispatch import process
 from .errors import (
     CallbotError,
     DeliveryInProgress,
+    IncompleteBody,
     QueueUnavailable,
     ReceiverFailed,
     RequestRejected,
@@ -29,14 +30,7 @@ from .errors import (
 )
 from .events import CallbackKind
 from .schemas import build_event, decode_body
-from .signing import (
-    AuthHeaders,
-    check_timestamp,
-    check_uuid,
-    parse_auth_headers,
-    peek_request_id,
-    verify_signature,
-)
+from .signing import AuthHeaders, peek_request_id
 from .state import CallbotState, get_state
 from .store import ClaimVerdict, NewDelivery
 
@@ -71,11 +65,13 @@ class RequestResult(StrEnum):
     RECEIVER_FAILED = "receiver_failed"
     STORE_UNAVAILABLE = "store_unavailable"
     QUEUE_UNAVAILABLE = "queue_unavailable"
+    INCOMPLETE = "incomplete"  # the client never sent its whole body (disconnected, or stalled)
     ERROR = "error"  # an unexpected exception: a bug; Flask answers 500
 
 
 _ERROR_OUTCOMES: Mapping[type[CallbotError], RequestResult] = {
     DeliveryInProgress: RequestResult.BUSY,
+    IncompleteBody: RequestResult.INCOMPLETE,
     ReceiverFailed: RequestResult.RECEIVER_FAILED,
     StoreUnavailable: RequestResult.STORE_UNAVAILABLE,
     QueueUnavailable: RequestResult.QUEUE_UNAVAILABLE,
@@ -91,6 +87,8 @@ class _Observation:
     detail: str | None = None
     #: Set once the request proved authentic: its createTs gives the delivery lag.
     auth: AuthHeaders | None = None
+    #: The server stopped the request before any reply (a worker timeout while reading).
+    unanswered: bool = False
 
 
 #: Where the body comes from: the bytes, or a function reading them that may raise
@@ -115,7 +113,7 @@ def handle(app: Flask, kind: CallbackKind, body: Body, headers: Headers) -> Repl
     state = get_state(app)
     result = _Observation(RequestResult.ERROR)
     try:
-        raw = body if isinstance(body, bytes) else body()
+        raw = _read(body, result)
         auth = authenticate(state, raw, headers)
         result.auth = auth
         event = build_event(
@@ -187,7 +185,7 @@ def _log(
         "kind": kind.value,
         "outcome": result.outcome.value,
         "reason": result.reason,
-        "http_status": reply.http_status if reply else 500,
+        "http_status": reply.http_status if reply else (None if result.unanswered else 500),
         "ret_code": reply.ret_code if reply else None,
         "latency_ms": round(latency * 1000, 3),
     }
@@ -203,21 +201,35 @@ def _log(
     logger.log(level, message, fields, extra={"callbot": fields})
 
 
+def _read(body: Body, result: _Observation) -> bytes:
+    """Step 1: the body. A server that stops the request while it waits for a stalled client's
+    body (a sync worker's timeout raises SystemExit there) logs it as the incomplete body it is,
+    unanswered, rather than as an error of ours."""
+    if isinstance(body, bytes):
+        return body
+    try:
+        return body()
+    except CallbotError:
+        raise
+    except BaseException:
+        result.outcome, result.reason = RequestResult.INCOMPLETE, IncompleteBody.reason
+        result.unanswered = True
+        raise
+
+
 def authenticate(state: CallbotState, body: bytes, headers: Headers) -> AuthHeaders:
-    """Steps 2-4: header form, time window, uuid, then the signature over the raw body."""
+    """Steps 2-4 with the app's settings and clock (see :func:`signing.authenticate`)."""
     settings = state.settings
-    auth = parse_auth_headers(headers)
-    check_timestamp(
-        auth.request_ts,
+    return signing.authenticate(
+        headers,
+        body,
         now=state.clock(),
+        uuid=settings.uuid,
+        secret_keys=settings.secret_keys,
+        algorithms=settings.sign_algorithms,
         max_age=settings.max_age,
         max_future_skew=settings.max_future_skew,
     )
-    check_uuid(auth.uuid, settings.uuid)
-    verify_signature(
-        auth, body, secret_keys=settings.secret_keys, algorithms=settings.sign_algorithms
-    )
-    return auth
 
 
 def enqueue(state: CallbotState, request_id: str) -> None:
@@ -274,7 +286,7 @@ def record_and_dispatch(app: Flask, state: CallbotState, delivery: NewDelivery) 
     if queued:
         enqueue(state, delivery.request_id)
         return RequestResult.ENQUEUED
-    process(app, delivery.event, claim.transition, claim.news)
+    process(app, delivery.event, claim.transition, claim.news, attempt=claim.attempt)
     if claim.transition is not None and not claim.transition.applied:
         return RequestResult.STALE
     return RequestResult.ACCEPTED

@@ -31,7 +31,7 @@ from typing import Any
 from flask import Flask
 
 from .client import TASK_IDS_PER_QUERY, ApiError, CallbotAPI
-from .errors import CallbotError, DeliveryInProgress, ReceiverFailed
+from .errors import DeliveryInProgress, InvalidField, MissingField, ReceiverFailed
 from .events import CallbackKind, TaskEvent, TaskStat
 from .pipeline import record_and_dispatch
 from .schemas import build_event
@@ -192,15 +192,20 @@ def _reconcile_task(
         task_plan = plan_task(stored, vendor, event, listed_at)
         if task_plan is not None:
             planned.append((task_plan, (stored.last_request_id if stored else None) or "-"))
+        deliveries = [
+            _delivery(
+                plan, basis, listed_at if plan.kind is CallbackKind.TASK else orders_listed_at
+            )
+            for plan, basis in planned
+        ]
     except ApiError as exc:
         report.errors.append(f"{user_task_id}: {exc}")
         return
-    except CallbotError as exc:  # the vendor's data does not pass the callbacks' schema
+    except (MissingField, InvalidField) as exc:  # the vendor's data fails the callbacks' schema
         report.errors.append(f"{user_task_id}: the vendor's data is refused: {exc.message}")
         return
-    for plan, basis in planned:
-        at = listed_at if plan.kind is CallbackKind.TASK else orders_listed_at
-        report.findings.append(_record(app, state, plan, basis, at, dry_run))
+    for (plan, _), delivery in zip(planned, deliveries, strict=True):
+        report.findings.append(_record(app, state, plan, delivery, dry_run))
 
 
 def plan_task(
@@ -269,16 +274,13 @@ def reconciled_request_id(planned: Planned, basis: str) -> str:
     return REQUEST_ID_PREFIX + hashlib.sha256(material.encode()).hexdigest()[:40]
 
 
-def _record(
-    app: Flask, state: CallbotState, planned: Planned, basis: str, at: int, dry_run: bool
-) -> Finding:
+def _delivery(planned: Planned, basis: str, at: int) -> NewDelivery:
+    """The delivery recording ``planned``, stamped ``at`` (validated as a callback would be)."""
     request_id = reconciled_request_id(planned, basis)
-    if dry_run:
-        return Finding(planned, request_id, "would record")
     event = build_event(
         planned.kind, planned.payload, request_id=request_id, request_ts=at, source="reconcile"
     )
-    delivery = NewDelivery(
+    return NewDelivery(
         request_id=request_id,
         kind=planned.kind,
         request_ts=at,
@@ -287,6 +289,14 @@ def _record(
         event=event,
         source="reconcile",
     )
+
+
+def _record(
+    app: Flask, state: CallbotState, planned: Planned, delivery: NewDelivery, dry_run: bool
+) -> Finding:
+    request_id = delivery.request_id
+    if dry_run:
+        return Finding(planned, request_id, "would record")
     try:
         result = _RESULTS.get(record_and_dispatch(app, state, delivery).value, "recorded")
     except ReceiverFailed:

@@ -242,6 +242,27 @@ def verify_signature(
     return matched
 
 
+def authenticate(
+    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    body: bytes,
+    *,
+    now: float,
+    uuid: str,
+    secret_keys: Sequence[str],
+    algorithms: Sequence[str],
+    max_age: int,
+    max_future_skew: int,
+) -> AuthHeaders:
+    """The pipeline's steps 2-4, in their order: the headers' form, the time window, the uuid,
+    then the signature over the raw ``body``. Raises a ``RequestRejected`` naming the first
+    failure; returns the parsed headers."""
+    auth = parse_auth_headers(headers)
+    check_timestamp(auth.request_ts, now=now, max_age=max_age, max_future_skew=max_future_skew)
+    check_uuid(auth.uuid, uuid)
+    verify_signature(auth, body, secret_keys=secret_keys, algorithms=algorithms)
+    return auth
+
+
 def peek_request_id(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> str | None:
     """The requestID header if it is present once and well formed, for logs and rejections."""
     items = headers.items() if isinstance(headers, Mapping) else headers

@@ -38,14 +38,7 @@ from werkzeug.wrappers import Request, Response
 from .errors import InvalidField, MalformedBody, MissingField, RequestRejected
 from .events import CallbackKind, TaskStatus
 from .schemas import decode_body
-from .signing import (
-    ALGORITHMS,
-    AuthHeaders,
-    check_timestamp,
-    check_uuid,
-    parse_auth_headers,
-    verify_signature,
-)
+from .signing import ALGORITHMS, AuthHeaders, authenticate
 from .wire import serialize, sign_headers
 
 if TYPE_CHECKING:
@@ -259,16 +252,19 @@ class FakeVendor:
         if self.faults.take("http_errors"):
             raise _Answer(Response("unavailable", self.faults.http_status), None)
         try:
-            auth = parse_auth_headers(request.headers.items())
-            check_timestamp(
-                auth.request_ts,
+            headers = list(request.headers.items())
+            # The vendor's rule: the algorithm header names the digest, MD5 when it is absent.
+            algorithms = tuple(ALGORITHMS) if request.headers.get("algorithm") else ("MD5",)
+            auth = authenticate(
+                headers,
+                body,
                 now=self.clock(),
+                uuid=self.uuid,
+                secret_keys=[self._secret_key],
+                algorithms=algorithms,
                 max_age=self.max_age,
                 max_future_skew=self.max_future_skew,
             )
-            check_uuid(auth.uuid, self.uuid)
-            algorithms = tuple(ALGORITHMS) if auth.algorithm else ("MD5",)
-            verify_signature(auth, body, secret_keys=[self._secret_key], algorithms=algorithms)
         except RequestRejected as exc:  # not the account's: answered unsigned
             raise _Answer(
                 self._envelope(exc.http_status, exc.ret_code, exc.message), exc.ret_code

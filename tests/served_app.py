@@ -4,8 +4,8 @@ Configured from the environment by the test that starts it:
 the credentials in ``CALLBOT_SECRET_KEY`` / ``CALLBOT_UUID`` (read by the example app),
 ``SERVED_DATABASE_URL``, ``SERVED_SIGNAL_LOG`` (a file every process appends one JSON line per
 signal to), ``SERVED_MARKERS`` (a folder for the one-shot fault receivers),
-``SERVED_PROCESSING_TIMEOUT``; for Celery dispatch ``SERVED_BROKER_URL`` and ``SERVED_QUEUE``
-(see ``served_celery.py`` for the worker's side).
+``SERVED_PROCESSING_TIMEOUT``, ``SERVED_BODY_TIMEOUT``; for Celery dispatch ``SERVED_BROKER_URL``
+and ``SERVED_QUEUE`` (see ``served_celery.py`` for the worker's side).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def create_app() -> Flask:
             "CALLBOT_CELERY_QUEUE": os.environ.get("SERVED_QUEUE"),
             "CALLBOT_CELERY_RETRY_BACKOFF": 1,
             "CALLBOT_CELERY_MAX_RETRIES": int(os.environ.get("SERVED_MAX_RETRIES", "3")),
+            "CALLBOT_BODY_TIMEOUT": float(os.environ.get("SERVED_BODY_TIMEOUT", "10")),
         }
     )
     if os.environ.get("SERVED_BROKER_URL"):

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import select
 import socket
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -189,3 +195,143 @@ def serve(wsgi_app: Any) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+class Loiterers:
+    """Hostile clients that hold a server's connections without finishing a request, kept up
+    from one thread until stopped: ``stalled`` send their headers and part of the body, then
+    nothing; ``idle`` connect and send nothing. Dropped connections are opened again at once."""
+
+    def __init__(self, port: int, *, stalled: int = 0, idle: int = 0) -> None:
+        self.port = port
+        self.wanted = {"stalled": stalled, "idle": idle}
+        self.sockets: dict[socket.socket, str] = {}
+        self.reopened = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="loiterers", daemon=True)
+
+    def __enter__(self) -> Loiterers:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        for sock in self.sockets:
+            sock.close()
+
+    def _open(self, role: str) -> None:
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            if role == "stalled":
+                head = (
+                    "POST /api/v3/taskCallback HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 4000\r\n\r\n"
+                )
+                sock.sendall(head.encode() + b'{"taskID": "' + b"x" * 100)
+            sock.setblocking(False)
+        except OSError:
+            return
+        self.sockets[sock] = role
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for role, wanted in self.wanted.items():
+                for _ in range(wanted - sum(r == role for r in self.sockets.values())):
+                    if self.stop.is_set():
+                        return
+                    self._open(role)
+            ready = select.select(list(self.sockets), [], [], 0.05)[0] if self.sockets else []
+            for sock in ready:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:  # the server gave up on it: come back
+                    del self.sockets[sock]
+                    sock.close()
+                    self.reopened += 1
+
+
+@dataclass
+class LoadResult:
+    """What honest clients saw: how many requests got 200, of how many, and how fast."""
+
+    ok: int
+    sent: int
+    latencies: list[float]
+    seconds: float
+
+    @property
+    def success(self) -> float:
+        return self.ok / self.sent if self.sent else 0.0
+
+    def percentile(self, share: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.ok}/{self.sent} answered 200 ({self.success:.1%}), "
+            f"{self.ok / self.seconds:.0f}/s, p50 {self.percentile(0.5) * 1000:.0f} ms, "
+            f"p99 {self.percentile(0.99) * 1000:.0f} ms"
+        )
+
+
+def honest_load(port: int, *, seconds: float, clients: int = 4, timeout: float = 5) -> LoadResult:
+    """``clients`` threads posting signed, unique task callbacks for ``seconds``, each request
+    given ``timeout`` seconds (a vendor that waits longer is rare)."""
+    ok, sent, latencies = [0], [0], []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        while time.monotonic() < deadline:
+            body = json.dumps(testing.task_payload(taskID=f"T{uuid.uuid4().hex[:6]}")).encode()
+            headers = testing.sign_headers(
+                body, secret_key=SECRET, uuid=UUID, create_ts=int(time.time())
+            )
+            started = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            try:
+                conn.request("POST", "/api/v3/taskCallback", body=body, headers=headers)
+                status = conn.getresponse().status
+            except OSError:
+                status = 0
+            finally:
+                conn.close()
+            with lock:
+                sent[0] += 1
+                if status == 200:
+                    ok[0] += 1
+                    latencies.append(time.monotonic() - started)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return LoadResult(ok[0], sent[0], latencies, time.monotonic() - started)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def nginx_in_front(upstream: int, folder: Path) -> Iterator[int]:
+    """nginx with the shipped ``deploy/nginx.conf``, on a free port, passing to ``upstream``;
+    yields its port."""
+    port = free_port()
+    prefix = folder / f"nginx-{port}"
+    (prefix / "logs").mkdir(parents=True)
+    config = (ROOT / "deploy" / "nginx.conf").read_text()
+    config = config.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    config = config.replace("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream};")
+    (prefix / "nginx.conf").write_text(config)
+    nginx = ["nginx", "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf")]
+    subprocess.run(nginx, check=True, capture_output=True)  # noqa: S603 - fixed arguments
+    try:
+        yield port
+    finally:
+        subprocess.run([*nginx, "-s", "stop"], check=False, capture_output=True)  # noqa: S603

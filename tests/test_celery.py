@@ -7,9 +7,11 @@ store. Every process appends the signals it sends, with its pid, to one log file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -71,34 +73,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "SERVED_QUEUE": f"callbot-test-{uuid.uuid4().hex[:8]}",
         "SERVED_MAX_RETRIES": "1",
     }
-    worker_log = (folder / "worker.log").open("wb")
-    worker = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "served_celery",
-            "worker",
-            "--loglevel=INFO",
-            "--pool=prefork",
-            "--concurrency=2",
-            "--queues",
-            env["SERVED_QUEUE"],
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        cwd=ROOT / "tests",
-        env={**os.environ, **env},
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
+    worker = start_worker(
+        folder / "worker.log", env, "--concurrency=2", "--queues", env["SERVED_QUEUE"]
     )
-    deadline = time.monotonic() + 60
-    while b"ready." not in (folder / "worker.log").read_bytes():
-        if worker.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError((folder / "worker.log").read_text())
-        time.sleep(0.2)
+    wait_until_ready(worker, folder / "worker.log")
     webs: list[Flask] = []
 
     def make_web(**overrides: str) -> Flask:
@@ -112,16 +90,56 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         return web
 
     yield Deployment(env, worker, Path(env["SERVED_SIGNAL_LOG"]), make_web)
+    stop_worker(worker)
+    for web in webs:
+        get_state(web).store.dispose()
+        web.extensions["celery"].close()
+
+
+def start_worker(
+    log_path: Path, env: dict[str, str], *args: str, session: bool = False
+) -> subprocess.Popen[bytes]:
+    """A Celery worker process on the served test app, logging to ``log_path``; ``session``: in
+    a process group of its own, to be killed whole."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "served_celery",
+                "worker",
+                "--loglevel=INFO",
+                "--pool=prefork",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                *args,
+            ],
+            cwd=ROOT / "tests",
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=session,
+        )
+
+
+def wait_until_ready(worker: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while b"ready." not in log_path.read_bytes():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(log_path.read_text())
+        time.sleep(0.2)
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
     worker.terminate()
     try:
         worker.wait(30)
     except subprocess.TimeoutExpired:
         worker.kill()
         worker.wait()
-    worker_log.close()
-    for web in webs:
-        get_state(web).store.dispose()
-        web.extensions["celery"].close()
 
 
 def post(web: Flask, kind: str, payload: dict[str, Any], request_id: str) -> Any:
@@ -259,3 +277,85 @@ def test_broker_down_gives_503_and_nothing_is_lost(deployment: Deployment) -> No
         link.down()
     for request_id in (warm, redelivered, swept):
         assert deployment.signals_for(request_id)["callback-received"] == 1
+
+
+def wait(condition: Callable[[], Any], failure: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.1)
+
+
+def test_a_killed_worker_s_reserved_deliveries_are_swept_and_processed_once(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A worker prefetching four messages (Celery's default multiplier) is SIGKILLed while it
+    runs one: the default sweep enqueues the one it ran (past the lease) and those it had
+    reserved (Redis gives them back only after an hour), and each is processed once."""
+    queue = unique("callbot-kill")
+    env = {**deployment.env, "SERVED_QUEUE": queue, "SERVED_PROCESSING_TIMEOUT": "3"}
+    names = {role: f"{role}-{uuid.uuid4().hex[:6]}@callbot" for role in ("dying", "survivor")}
+    logs = {role: tmp_path / f"{role}.log" for role in names}
+    dying = start_worker(
+        logs["dying"], env, "-n", names["dying"], "--concurrency=1", "--prefetch-multiplier=4",
+        "--queues", queue, session=True,
+    )  # fmt: skip
+    survivor = start_worker(
+        logs["survivor"], env, "-n", names["survivor"], "--concurrency=2",
+        "--queues", f"{queue}-later",
+    )  # fmt: skip
+    try:
+        wait_until_ready(dying, logs["dying"])
+        wait_until_ready(survivor, logs["survivor"])
+        web = deployment.make_web(SERVED_QUEUE=queue, SERVED_PROCESSING_TIMEOUT="3")
+        control = web.extensions["celery"].control
+        ids = [unique("held") for _ in range(6)]
+        payloads = {ids[0]: task_payload(taskID=unique("T"), testHang=True)}
+        assert_reply(post(web, "task", payloads[ids[0]], ids[0]), 200, 0)
+        hang = Path(env["SERVED_MARKERS"]) / f"hang-{ids[0]}"
+        wait(lambda: hang.exists() and hang.read_text(), "the worker never ran the first one")
+        for request_id in ids[1:]:
+            payloads[request_id] = order_call_payload(orderID=unique("o"))
+            assert_reply(post(web, "order", payloads[request_id], request_id), 200, 0)
+
+        def reserved() -> set[str]:
+            replies = control.inspect(destination=[names["dying"]], timeout=1).reserved() or {}
+            return {r["args"][0] for requests in replies.values() for r in requests}
+
+        wait(lambda: len(reserved()) == 3, "the worker did not prefetch three")
+        held = reserved()
+        os.killpg(dying.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        dying.wait()
+        control.add_consumer(queue, destination=[names["survivor"]], reply=True, timeout=5)
+        for request_id in set(ids[1:]) - held:  # left in the queue: the survivor takes them
+            wait_for(web, request_id, "processed")
+        store = get_store(web)
+        assert store.get_delivery(ids[0]).outcome == "pending"
+        assert {store.get_delivery(request_id).outcome for request_id in held} == {"queued"}
+
+        # Past the lease, the vendor's redelivery of one enqueues it again ...
+        time.sleep(max(0.0, hang.stat().st_mtime + 3.5 - time.time()))
+        redelivered, *swept = sorted(held)
+        again = assert_reply(post(web, "order", payloads[redelivered], redelivered), 200, 0)
+        assert again["retMsg"] == "queued"
+        wait_for(web, redelivered, "processed")
+        # ... and the default sweep, a minute on, finds the rest.
+        later = time.time() + 61
+        web.extensions["callbot"] = dataclasses.replace(get_state(web), clock=lambda: later)
+        result = web.test_cli_runner().invoke(args=["callbot", "sweep"])
+        assert result.exit_code == 0, result.output
+        assert sorted(line.split(":")[0] for line in result.output.splitlines()[:-1]) == sorted(
+            [ids[0], *swept]
+        )
+        for request_id in ids:
+            wait_for(web, request_id, "processed")
+        elapsed = time.monotonic() - killed
+    finally:
+        stop_worker(survivor)
+        if dying.poll() is None:
+            os.killpg(dying.pid, signal.SIGKILL)
+    print(f"\nkilled with 1 running and 3 reserved; all processed {elapsed:.1f}s after the kill")
+    for request_id in ids:
+        assert deployment.signals_for(request_id)["callback-received"] == 1, request_id
+    assert get_store(web).get_delivery(ids[0]).attempts == 2

@@ -86,8 +86,8 @@ def test_a_receiver_loads_the_runtime_only(tmp_path: Path) -> None:
 def test_the_command_group_names_the_tools_without_importing_them(tmp_path: Path) -> None:
     script = REGISTER + (
         "names = app.cli.get_command(None, 'callbot').list_commands(None)\n"
-        "assert names == ['doctor', 'events', 'init-db', 'openapi', 'prune', 'reconcile', 'replay',"
-        " 'send', 'show', 'simulate', 'sweep', 'tasks', 'verify'], names\n"
+        "assert names == ['db', 'doctor', 'events', 'init-db', 'openapi', 'prune', 'reconcile',"
+        " 'replay', 'send', 'show', 'simulate', 'sweep', 'tasks', 'verify'], names\n"
     )
     assert loaded(script, tmp_path) == RUNTIME
 

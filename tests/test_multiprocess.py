@@ -12,13 +12,14 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,10 @@ from support import (
     SECRET,
     UUID,
     CuttableLink,
+    Loiterers,
     free_port,
+    honest_load,
+    nginx_in_front,
     order_call_payload,
     postgres_schema,
 )
@@ -120,7 +124,14 @@ class Server:
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
-    def start(database_url: str, *, processing_timeout: int = 60) -> Server:
+    def start(
+        database_url: str,
+        *,
+        processing_timeout: int = 60,
+        options: Sequence[str] = ("--workers", str(WORKERS), "--timeout", "120"),
+        **served: str,
+    ) -> Server:
+        """gunicorn serving the test app with ``options``; ``served``: more ``SERVED_*``."""
         port = free_port()
         markers = tmp_path / f"markers-{port}"
         markers.mkdir()
@@ -133,6 +144,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             SERVED_SIGNAL_LOG=str(tmp_path / f"signals-{port}.jsonl"),
             SERVED_MARKERS=str(markers),
             SERVED_PROCESSING_TIMEOUT=str(processing_timeout),
+            **{f"SERVED_{name.upper()}": value for name, value in served.items()},
         )
         log = (tmp_path / f"gunicorn-{port}.log").open("wb")
         process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
@@ -140,14 +152,11 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
                 sys.executable,
                 "-m",
                 "gunicorn",
-                "--workers",
-                str(WORKERS),
+                *options,
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--chdir",
                 str(ROOT / "tests"),
-                "--timeout",
-                "120",
                 "--graceful-timeout",
                 "5",
                 "served_app:create_app()",
@@ -408,6 +417,7 @@ def test_reconciliation_racing_live_callbacks_sends_no_double_signal(
     start_server: Callable[..., Server],
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Three campaigns lose 30% of their callbacks on the way; the rest go to gunicorn -w 4
     while this process reconciles in a loop against a fake of the vendor's API that learns each
@@ -417,6 +427,7 @@ def test_reconciliation_racing_live_callbacks_sends_no_double_signal(
     from flask_callbot.client import CallbotAPI
     from flask_callbot.reconcile import reconcile
     from flask_callbot.simulator import build_campaign, differences
+    from flask_callbot.state import get_state
     from flask_callbot.vendor_api import FakeVendor, serve_vendor_api
 
     server = start_server(database_url)
@@ -431,6 +442,7 @@ def test_reconciliation_racing_live_callbacks_sends_no_double_signal(
     from served_app import create_app  # the same receivers, writing to the same signal log
 
     reconciler = create_app()
+    request.addfinalizer(get_state(reconciler).store.dispose)  # no connection left to the GC
     campaigns = [build_campaign(orders=40, seed=seed, drop=0.3) for seed in (41, 42, 43)]
     genuine = sorted(
         (d for c in campaigns for d in c.genuine), key=lambda d: (d.at, d.kind != "task")
@@ -516,3 +528,65 @@ def test_reconciliation_racing_live_callbacks_sends_no_double_signal(
             assert after["previous"] == before["status"] != after["status"]
         assert chain[-1]["status"] == 3
     assert len({line["pid"] for line in signals}) > 1
+
+
+# -- Slow and idle clients ----------------------------------------------------------------------
+# Against plain sync workers (gunicorn -w 4), 8 clients stalling their body, or 500 idle
+# connections, leave nothing for the vendor: 0 % answered in benchmarks/bench_slow_clients.py.
+
+
+def slow_client_store(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'slow-clients.sqlite3'}"
+
+
+@pytest.mark.skipif(not shutil.which("nginx"), reason="needs nginx (apt-get install nginx-light)")
+def test_behind_the_shipped_nginx_config_sync_workers_hold_slow_and_idle_clients(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = start_server(slow_client_store(tmp_path))  # 4 sync workers
+    with nginx_in_front(server.port, tmp_path) as port, Loiterers(port, stalled=8, idle=500):
+        time.sleep(1)  # the attack takes hold
+        result = honest_load(port, seconds=4)
+    print(f"\nbehind nginx, 8 stalled bodies and 500 idle connections: {result.line()}")
+    assert result.sent >= 40
+    assert result.success == 1.0, result.line()
+    assert result.percentile(0.99) < 2
+
+
+def test_the_shipped_threaded_config_holds_stalled_bodies_and_logs_them_as_incomplete(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    config = ("--config", str(ROOT / "deploy" / "gunicorn.conf.py"))
+    server = start_server(slow_client_store(tmp_path), options=config, body_timeout="1")
+    with Loiterers(server.port, stalled=32) as stalled:
+        time.sleep(1.5)
+        result = honest_load(server.port, seconds=3)
+    print(f"\ngthread, 32 stalled bodies: {result.line()}; {stalled.reopened} given up")
+    assert result.success == 1.0, result.line()
+    assert stalled.reopened >= 32  # each freed its thread after CALLBOT_BODY_TIMEOUT (1 s)
+    log = server_log(server)
+    assert "outcome=incomplete status=400 ret_code=3" in log
+    assert "reason=incomplete-body" in log
+    assert "outcome=error" not in log
+
+
+def test_a_body_cut_short_by_the_sync_worker_timeout_is_logged_as_incomplete(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    options = ("--workers", "1", "--timeout", "2")  # the arbiter gives up before the body timeout
+    server = start_server(slow_client_store(tmp_path), options=options, body_timeout="60")
+    with Loiterers(server.port, stalled=1) as stalled:
+        deadline = time.monotonic() + 30
+        while "WORKER TIMEOUT" not in server_log(server) or stalled.reopened < 1:
+            assert time.monotonic() < deadline, server_log(server)
+            time.sleep(0.2)
+    log = server_log(server)
+    assert "outcome=incomplete status=None ret_code=None" in log, log
+    assert "reason=incomplete-body" in log
+    assert "outcome=error" not in log
+    assert stalled.reopened >= 1
+
+
+def server_log(server: Server) -> str:
+    server.output.flush()
+    return Path(server.output.name).read_text(errors="replace")

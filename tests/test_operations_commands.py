@@ -255,7 +255,20 @@ def _downgrade_to(store: Store, version: int) -> None:
         conn.exec_driver_sql("ALTER TABLE callbot_orders DROP COLUMN order_request_id")
         if version < 2:
             conn.exec_driver_sql("ALTER TABLE callbot_deliveries DROP COLUMN enqueued_at")
-        conn.execute(sa.text("UPDATE callbot_schema_version SET version = :v"), {"v": version})
+        _as_made_before_alembic(conn, version)
+
+
+def _as_made_before_alembic(conn: sa.Connection, version: int) -> None:
+    """The version table of flask-callbot 0.1 in place of Alembic's, as that version wrote it."""
+    conn.exec_driver_sql("DROP TABLE callbot_alembic_version")
+    conn.exec_driver_sql(
+        "CREATE TABLE callbot_schema_version (version INTEGER NOT NULL PRIMARY KEY, "
+        "applied_at TIMESTAMP NOT NULL)"
+    )
+    conn.execute(
+        sa.text("INSERT INTO callbot_schema_version VALUES (:v, :at)"),
+        {"v": version, "at": datetime(2026, 1, 1)},
+    )
 
 
 def _reopen(store: Store) -> Store:
@@ -304,10 +317,7 @@ def test_a_newer_schema_is_refused(app: Flask, sender: Sender) -> None:
     store = get_state(app).store
     store.create_schema()
     with store.engine.begin() as conn:
-        conn.exec_driver_sql(
-            "INSERT INTO callbot_schema_version (version, applied_at) "
-            "VALUES (99, '2030-01-01 00:00:00')"
-        )
+        conn.exec_driver_sql("UPDATE callbot_alembic_version SET version_num = 'callbot_0099'")
     fresh = type(store)(str(store.engine.url.render_as_string(hide_password=False)))
     try:
         with pytest.raises(StoreUnavailable, match="schema version 99, newer than"):

@@ -244,6 +244,23 @@ def test_an_order_listing_failure_leaves_that_task_whole(
     assert get_store(app).get_task("T100").status is TaskStatus.IN_PROGRESS
 
 
+def test_vendor_data_the_schema_refuses_leaves_the_task_whole(
+    app: Flask, sender: Sender, clock: Clock, vendor: FakeVendor, api: CallbotAPI
+) -> None:
+    assert_reply(sender.post("task", task_payload(taskStatus=2), request_id="t-1"), 200, 0)
+    vendor.book.record_task(task_payload(taskStatus=3))
+    bad = order_call_payload(orderID="o1")
+    bad["callInfoDetail"]["callStatus"] = "answered"  # not an integer
+    vendor.book.record_number(bad)
+    clock.now += 5
+    with record_signals(sender=app) as sent:
+        report = reconcile(app, api, orders=True)
+    assert report.findings == [] and sent == []
+    [error] = report.errors
+    assert "the vendor's data is refused: invalid field(s): callInfoDetail.callStatus" in error
+    assert get_store(app).get_task("T100").status is TaskStatus.IN_PROGRESS
+
+
 # -- A lossy campaign, repaired ------------------------------------------------------------------
 
 

@@ -4,12 +4,15 @@ SQLAlchemy Core, the same code for SQLite (one host) and PostgreSQL (shared by m
 per concern: ``schema`` (tables, versions, upgrades), ``engine`` (engine, transactions, locking),
 ``records`` (states, verdicts, dataclasses), ``ingest`` (the hot path), ``queue`` (Celery's
 bookkeeping), ``queries`` (reads, counts, prune), ``claims`` (the lease predicate), ``api``
-(:class:`StoreReader` and :class:`Store`).
+(:class:`StoreReader` and :class:`Store`). The tables are made and upgraded by the Alembic
+branch in ``flask_callbot.migrations``, run by ``migrate``; ``legacy`` takes over databases made
+before it.
 """
 
 from __future__ import annotations
 
 from .api import Store, StoreReader
+from .claims import is_abandoned
 from .engine import Database, create_engine
 from .records import (
     Claim,
@@ -20,9 +23,10 @@ from .records import (
     StoredDelivery,
     TaskState,
 )
-from .schema import SCHEMA_VERSION, deliveries, metadata, orders, schema_version, tasks
+from .schema import HEAD_REVISION, SCHEMA_VERSION, deliveries, metadata, orders, tasks
 
 __all__ = [
+    "HEAD_REVISION",
     "SCHEMA_VERSION",
     "Claim",
     "ClaimVerdict",
@@ -36,8 +40,8 @@ __all__ = [
     "TaskState",
     "create_engine",
     "deliveries",
+    "is_abandoned",
     "metadata",
     "orders",
-    "schema_version",
     "tasks",
 ]

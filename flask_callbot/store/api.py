@@ -15,7 +15,9 @@ from sqlalchemy.engine import Engine
 from ..events import CallbackKind
 from . import ingest, queries, queue
 from .engine import Database
+from .outcomes import Outcome, OwedOutcomes
 from .records import Claim, DeliveryState, NewDelivery, OrderState, StoredDelivery, TaskState
+from .schema import version_problem
 
 
 class StoreReader:
@@ -59,8 +61,10 @@ class StoreReader:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = 50,
+        claimed_before: datetime | None = None,
     ) -> list[StoredDelivery]:
-        """Recorded deliveries, newest first, filtered by any of the arguments."""
+        """Recorded deliveries, newest first, filtered by any of the arguments
+        (``claimed_before``: held or queued since that moment or earlier)."""
         return queries.list_deliveries(
             self._db,
             outcome=outcome,
@@ -69,6 +73,7 @@ class StoreReader:
             since=since,
             until=until,
             limit=limit,
+            claimed_before=claimed_before,
         )
 
     def list_orders(
@@ -86,13 +91,21 @@ class StoreReader:
         """The tracked tasks, most recently updated first."""
         return queries.list_tasks(self._db, limit=limit)
 
-    def failed_request_ids(self) -> list[str]:
-        """The requestIDs of failed deliveries, oldest first (the order to replay them in)."""
-        return queries.failed_request_ids(self._db)
+    def failed_request_ids(
+        self, *, now: float | None = None, lease: int | None = None
+    ) -> list[str]:
+        """The requestIDs of failed deliveries, oldest first (the order to replay them in); given
+        ``now`` and the ``lease``, the abandoned ones too (see :meth:`count_abandoned`)."""
+        return queries.failed_request_ids(self._db, now=now, lease=lease)
 
     def count_failed(self) -> int:
         """How many deliveries are failed now (the ``callbot_failed_deliveries`` gauge)."""
         return queries.count_failed(self._db)
+
+    def count_abandoned(self, *, now: float, lease: int) -> int:
+        """How many deliveries are held (pending) past the ``lease`` at ``now``: their worker
+        died, or could not write their outcome (the ``callbot_abandoned_deliveries`` gauge)."""
+        return queries.count_abandoned(self._db, now=now, lease=lease)
 
     def count_prunable(self, *, before: datetime, include_failed: bool = False) -> int:
         """How many deliveries :meth:`Store.prune` with the same arguments would delete."""
@@ -114,9 +127,23 @@ class Store(StoreReader):
         engine_options: Mapping[str, Any] | None = None,
         *,
         sqlite_synchronous: str = "NORMAL",
+        engine: Engine | None = None,
+        manage_schema: bool = True,
     ) -> None:
-        super().__init__(Database(url, engine_options or {}, sqlite_synchronous=sqlite_synchronous))
+        """``engine``: a host's engine to use instead of one made from ``url`` (which then only
+        names it); ``manage_schema=False``: never create or upgrade the tables on first use."""
+        database = Database(
+            url,
+            engine_options or {},
+            sqlite_synchronous=sqlite_synchronous,
+            engine=engine,
+            manage_schema=manage_schema,
+        )
+        super().__init__(database)
         self.reader = StoreReader(self._db)
+        #: Outcomes not written yet (the store failed after the receivers ran): see
+        #: :mod:`.outcomes`; written before this store records or claims anything else.
+        self.owed = OwedOutcomes(self._db)
 
     @property
     def db(self) -> Database:
@@ -132,14 +159,19 @@ class Store(StoreReader):
     ) -> Claim:
         """Claim the requestID and apply the delivery, in one transaction (see
         :func:`.ingest.record` for the verdicts)."""
+        self.owed.flush()
         return ingest.record(self._db, delivery, now=now, lease=lease, queue=queue)
 
-    def finish(self, request_id: str, *, now: float, error: str | None = None) -> None:
-        """Mark a claimed delivery processed, or failed with ``error``."""
-        ingest.finish(self._db, request_id, now=now, error=error)
+    def finish(
+        self, request_id: str, *, now: float, attempt: int, error: str | None = None
+    ) -> bool:
+        """Mark the delivery held by ``attempt`` processed, or failed with ``error``. If the
+        store fails, the outcome is retried, then owed (see :mod:`.outcomes`): ``False``."""
+        return self.owed.write(Outcome(request_id, attempt, now, error))
 
     def claim_for_replay(self, request_id: str, *, now: float, lease: int) -> StoredDelivery:
         """Take a stored delivery for a replay, as a redelivery would: never one in progress."""
+        self.owed.flush()
         return ingest.claim_for_replay(self._db, request_id, now=now, lease=lease)
 
     def mark_enqueued(self, request_id: str, *, now: float) -> None:
@@ -149,6 +181,7 @@ class Store(StoreReader):
     def claim_queued(self, request_id: str, *, now: float, lease: int) -> StoredDelivery | None:
         """A Celery worker takes a queued delivery (or one whose worker died); ``None`` if another
         worker holds it or it is already done."""
+        self.owed.flush()
         return queue.claim_queued(self._db, request_id, now=now, lease=lease)
 
     def requeue(self, request_id: str, *, now: float, error: str) -> None:
@@ -167,6 +200,11 @@ class Store(StoreReader):
             stalled_after=stalled_after,
         )
 
+    def queued_request_ids(self, *, enqueued_before: float) -> list[str]:
+        """Queued deliveries enqueued at or before then, oldest first (see
+        :func:`flask_callbot.celery_dispatch.lost_with_workers`)."""
+        return queue.queued_request_ids(self._db, enqueued_before=enqueued_before)
+
     def prune(
         self, *, before: datetime, include_failed: bool = False, batch_size: int = 1000
     ) -> Iterator[int]:
@@ -184,9 +222,21 @@ class Store(StoreReader):
         return self._db.peek_schema_version()
 
     def create_schema(self) -> None:
-        """Create or upgrade the tables to :data:`~.schema.SCHEMA_VERSION` (idempotent, safe
-        across hosts); a database written by a newer flask_callbot is refused."""
+        """Create or upgrade the tables to :data:`~.schema.SCHEMA_VERSION` through the callbot
+        Alembic branch (idempotent, safe across hosts), even with ``manage_schema`` off; a
+        database written by a newer flask_callbot is refused."""
         self._db.create_schema()
 
+    def peek_schema_revision(self) -> str | None:
+        """The callbot Alembic revision of the tables, creating nothing (``None``: none yet, or
+        made before Alembic)."""
+        return self._db.peek_schema_revision()
+
+    def schema_problem(self) -> str | None:
+        """What keeps the tables from serving this package, read without changing anything
+        (``None``: nothing); see :func:`~.schema.version_problem`."""
+        return version_problem(self._db.peek_schema_version())
+
     def dispose(self) -> None:
+        self.owed.close()
         self._db.dispose()

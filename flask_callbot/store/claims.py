@@ -25,7 +25,8 @@ def abandoned(now: datetime, lease: float) -> sa.ColumnElement[bool]:
 
 
 def is_abandoned(row: Any, now: datetime, lease: float) -> bool:
-    """:func:`abandoned` for a row already read (its ``outcome`` and ``claimed_at``)."""
+    """:func:`abandoned` for a row already read, or a :class:`~.records.StoredDelivery` (its
+    ``outcome`` and ``claimed_at``): its worker died, or could not write its outcome."""
     return row.outcome == DeliveryState.PENDING and lease_expired(aware(row.claimed_at), now, lease)
 
 

@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -21,12 +21,15 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError, StoreUnavailable
-from .schema import create_or_upgrade, read_version, schema_version
+from . import space
+from .schema import HEAD_REVISION, read_revision, read_version, version_problem
 
 try:
     import fcntl
 except ImportError:  # not POSIX (Windows): SQLite's own locking serves, see _writers_turn
     fcntl = None  # type: ignore[assignment]
+
+_T = TypeVar("_T")
 
 #: The execution option that marks a connection's transactions read-only (see Database.reading).
 _READ_ONLY = "callbot_read_only"
@@ -39,9 +42,22 @@ class Database:
     """One per store: the engine, and the transactions every store operation runs in."""
 
     def __init__(
-        self, url: str, engine_options: Mapping[str, Any], *, sqlite_synchronous: str
+        self,
+        url: str,
+        engine_options: Mapping[str, Any],
+        *,
+        sqlite_synchronous: str,
+        engine: Engine | None = None,
+        manage_schema: bool = True,
     ) -> None:
-        self.engine = create_engine(url, engine_options, sqlite_synchronous)
+        #: ``engine``: the host's (``CALLBOT_ENGINE``), used as it is (no tuning, never
+        #: disposed here); the store still runs its own transactions on it.
+        self.owns_engine = engine is None
+        self.engine = (
+            create_engine(url, engine_options, sqlite_synchronous) if engine is None else engine
+        )
+        #: ``CALLBOT_MANAGE_SCHEMA``: whether first use creates or upgrades the tables.
+        self.manage_schema = manage_schema
         self._writers_turn = _writers_turn(self.engine)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
@@ -51,7 +67,7 @@ class Database:
         # A server forking after the store was made (gunicorn --preload) must not share
         # connections with its parent: children drop the inherited pool without closing it.
         # (Windows has no fork, nor this hook.)
-        if hasattr(os, "register_at_fork"):
+        if self.owns_engine and hasattr(os, "register_at_fork"):
             engine_ref = weakref.ref(self.engine)
             os.register_at_fork(after_in_child=lambda: _drop_pool(engine_ref))
 
@@ -59,8 +75,14 @@ class Database:
     def writing(self) -> Iterator[Connection]:
         """A writing transaction: on SQLite, the writers' turn and BEGIN IMMEDIATE."""
         self._ensure_schema()
-        with self._translate_errors(), self._writers_turn(), self.engine.begin() as conn:
-            yield conn
+        with self._translate_errors(), self._writers_turn():
+            try:
+                with self.engine.begin() as conn:
+                    yield conn
+            except sa_exc.OperationalError as exc:
+                if self.sqlite_file is not None and space.out_of_space(exc):
+                    self._make_room(self.sqlite_file)
+                raise
 
     @contextmanager
     def writing_on_driver(self) -> Iterator[DriverTransaction]:
@@ -80,6 +102,7 @@ class Database:
             except self._driver_error as exc:  # connecting: the pool leaves it unwrapped
                 raise self._wrapped(exc, None, invalidated=False) from exc
             transaction = DriverTransaction(self)
+            failed: Exception | None = None
             try:
                 transaction.cursor = fairy.cursor()
                 if self._begin_writing is not None:
@@ -88,6 +111,7 @@ class Database:
                 transaction.sql = "COMMIT"
                 fairy.commit()
             except self._driver_error as exc:
+                failed = exc
                 invalidated = self.engine.dialect.is_disconnect(
                     exc,  # type: ignore[arg-type]  # the driver's Error: what the dialect expects
                     fairy.dbapi_connection,
@@ -95,10 +119,19 @@ class Database:
                 )
                 if invalidated:
                     fairy.invalidate(exc)
-                    self.engine.dispose()  # the others are likely dead too: connect afresh
-                raise self._wrapped(exc, transaction.sql, invalidated=invalidated) from exc
+                    if self.owns_engine:  # the others are likely dead too: connect afresh
+                        self.engine.dispose()
+                failure = self._wrapped(exc, transaction.sql, invalidated=invalidated)
             finally:
                 fairy.close()  # back to the pool, which rolls back whatever was not committed
+            if failed is not None:
+                if (
+                    isinstance(failure, sa_exc.OperationalError)
+                    and self.sqlite_file is not None
+                    and space.out_of_space(failure)
+                ):
+                    self._make_room(self.sqlite_file)  # as writing() does
+                raise failure from failed
 
     def _wrapped(self, exc: Exception, sql: str | None, *, invalidated: bool) -> Exception:
         """A driver error as SQLAlchemy raises it (the statement without its values)."""
@@ -133,21 +166,56 @@ class Database:
         ):
             yield conn
 
+    @property
+    def sqlite_file(self) -> str | None:
+        """The database file of an SQLite file store (``None``: in memory, or PostgreSQL)."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        database = self.engine.url.database
+        return None if database in (None, "", ":memory:") else database
+
+    def _make_room(self, path: str) -> None:
+        """A write failed for lack of space: give the WAL's space back (see :mod:`.space`), and
+        reopen the connections, which bound their WAL by the free space they find."""
+        if space.make_room(path) and self.owns_engine:  # a host's pool is the host's to reset
+            self.engine.dispose()
+
     def create_schema(self) -> None:
-        """Create or upgrade the tables (idempotent, safe across hosts: see create_or_upgrade)."""
-        with self._translate_errors(), self.engine.begin() as conn:
-            create_or_upgrade(conn)
+        """Create or upgrade the tables to the package's Alembic head (idempotent, one process at
+        a time across hosts: see :func:`.migrate.upgrade`). Current tables cost one read, and
+        Alembic is imported only when they are not."""
+        # A host's SQLite engine begins deferred (no BEGIN IMMEDIATE): take the writers' turn.
+        turn = contextlib.nullcontext() if self.owns_engine else self._writers_turn()
+        with self._translate_errors(), turn, self.engine.begin() as conn:
+            if read_revision(conn) != HEAD_REVISION:
+                from .migrate import upgrade
+
+                upgrade(conn)
+        self._schema_ready = True
+
+    def check_schema(self) -> None:
+        """With ``CALLBOT_MANAGE_SCHEMA`` off: refuse tables that are missing, older or newer
+        than this package's (a :class:`StoreUnavailable` naming what to run); change nothing."""
+        with self._translate_errors(), self.engine.connect() as conn:
+            problem = version_problem(read_version(conn))
+        if problem:
+            raise StoreUnavailable(problem)
         self._schema_ready = True
 
     def peek_schema_version(self) -> int | None:
         """The tables' schema version, creating and upgrading nothing (``None`` before they
         exist): for diagnostics, which must not change what they look at. A failure is a
         :class:`StoreUnavailable` that names the driver's reason (the password hidden)."""
+        return self._peek(read_version)
+
+    def peek_schema_revision(self) -> str | None:
+        """The tables' callbot revision, as :meth:`peek_schema_version` reads."""
+        return self._peek(read_revision)
+
+    def _peek(self, read: Callable[[Connection], _T]) -> _T:
         try:
             with self.engine.connect() as conn:
-                if not sa.inspect(conn).has_table(schema_version.name):
-                    return None
-                return read_version(conn)
+                return read(conn)
         except sa_exc.SQLAlchemyError as exc:
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             password = self.engine.url.password
@@ -156,13 +224,16 @@ class Database:
             raise StoreUnavailable(f"{type(exc).__name__}: {reason}") from exc
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        if self.owns_engine:
+            self.engine.dispose()
 
     def _ensure_schema(self) -> None:
         if not self._schema_ready:
             with self._schema_lock:
-                if not self._schema_ready:
+                if not self._schema_ready and self.manage_schema:
                     self.create_schema()
+                elif not self._schema_ready:
+                    self.check_schema()
 
     @contextmanager
     def _translate_errors(self) -> Iterator[None]:
@@ -358,6 +429,7 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:
         if not in_memory:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
+            space.tune_connection(cursor, engine.url.database or "")
         cursor.close()
 
     @sa_event.listens_for(engine, "begin")

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import DeliveryInProgress, RequestIdReused
 from ..events import CallbackKind, CallEvent, OrderEvent, TaskEvent
-from ..ordering import KIND_RANK, order_is_newer, order_version, task_transition
+from ..ordering import KIND_RANK, lease_expired, order_is_newer, order_version, task_transition
 from .claims import abandoned, claimed, is_abandoned
 from .engine import Database, DriverTransaction
 from .records import (
@@ -39,6 +39,7 @@ from .records import (
     DeliveryState,
     NewDelivery,
     StoredDelivery,
+    aware,
     intent_row,
     stored_delivery,
     stored_news,
@@ -136,6 +137,7 @@ def _reclaim(
         sa.select(
             deliveries.c.body_sha256,
             deliveries.c.outcome,
+            deliveries.c.attempts,
             deliveries.c.claimed_at,
             deliveries.c.enqueued_at,
             deliveries.c.previous_status,
@@ -148,10 +150,11 @@ def _reclaim(
         raise RequestIdReused(f"requestID {request_id} was already used for another body")
     if row.outcome == DeliveryState.PROCESSED:
         return Claim(ClaimVerdict.DUPLICATE)
-    if queue and row.outcome == DeliveryState.QUEUED and row.enqueued_at is not None:
+    if queue and _waiting_in_queue(row, at, lease):
         return Claim(ClaimVerdict.ACCEPTED_EARLIER)
-    # Take it up: a failed or abandoned delivery; a queued one never enqueued (queue mode),
-    # or any queued one when processing inline (nobody else will).
+    # Take it up: a failed or abandoned delivery; a queued one never enqueued, or enqueued
+    # longer ago than the lease (queue mode: its message may have died with a worker), or any
+    # queued one when processing inline (nobody else will).
     if row.outcome in (DeliveryState.FAILED, DeliveryState.QUEUED) or is_abandoned(row, at, lease):
         taken = conn.execute(
             deliveries.update()
@@ -163,22 +166,41 @@ def _reclaim(
             .values(**claimed(at, queue=queue), enqueued_at=None)
         ).rowcount
         if taken:
-            return Claim(ClaimVerdict.RETRY, stored_transition(row), stored_news(row))
+            attempt = row.attempts + (0 if queue else 1)
+            return Claim(
+                ClaimVerdict.RETRY, stored_transition(row), stored_news(row), attempt=attempt
+            )
     return Claim(ClaimVerdict.ACCEPTED_EARLIER if queue else ClaimVerdict.BUSY)
 
 
-def finish(db: Database, request_id: str, *, now: float, error: str | None = None) -> None:
-    """Mark a claimed delivery processed, or failed with ``error``."""
+def _waiting_in_queue(row: Any, at: datetime, lease: int) -> bool:
+    """Queue mode: a queued delivery whose message reached the broker within the lease (a
+    worker will take it); one enqueued before that may have been held by a worker that died."""
+    return (
+        row.outcome == DeliveryState.QUEUED
+        and row.enqueued_at is not None
+        and not lease_expired(aware(row.enqueued_at), at, lease)
+    )
+
+
+def finish(
+    db: Database, request_id: str, *, now: float, attempt: int, error: str | None = None
+) -> bool:
+    """Mark a claimed delivery processed, or failed with ``error``, if ``attempt`` still holds
+    it; ``False`` if a later claim took it over (its lease ran out: that claim's outcome counts).
+    """
     with db.writing_on_driver() as conn:
-        conn.execute(
+        written = conn.execute(
             _statements(db.engine.dialect.name).finish_delivery,
             {
                 "k_request_id": request_id,
+                "k_attempt": attempt,
                 "outcome": (DeliveryState.FAILED if error else DeliveryState.PROCESSED).value,
                 "finished_at": utc(now),
                 "error": error,
             },
         )
+    return bool(written)
 
 
 def claim_for_replay(db: Database, request_id: str, *, now: float, lease: int) -> StoredDelivery:
@@ -254,7 +276,9 @@ def _statements(dialect_name: str) -> _Statements:
         )
         .values(callbacks=orders.c.callbacks + 1),
         finish_delivery=deliveries.update().where(
-            deliveries.c.request_id == sa.bindparam("k_request_id")
+            deliveries.c.request_id == sa.bindparam("k_request_id"),
+            deliveries.c.outcome == DeliveryState.PENDING.value,
+            deliveries.c.attempts == sa.bindparam("k_attempt"),
         ),
         report_call=dialect_insert(calls).on_conflict_do_nothing().returning(calls.c.call_id),
     )

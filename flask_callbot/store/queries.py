@@ -9,6 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from ..events import CallbackKind, TaskStatus
+from .claims import abandoned
 from .engine import Database
 from .records import (
     DeliveryState,
@@ -19,6 +20,7 @@ from .records import (
     order_state,
     stored_delivery,
     task_state,
+    utc,
 )
 from .schema import calls, deliveries, orders, read_version, tasks
 
@@ -90,6 +92,7 @@ def list_deliveries(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int | None = 50,
+    claimed_before: datetime | None = None,
 ) -> list[StoredDelivery]:
     query = deliveries.select().order_by(deliveries.c.id.desc()).limit(limit)
     if outcome is not None:
@@ -102,6 +105,8 @@ def list_deliveries(
         query = query.where(deliveries.c.received_at >= in_utc(since))
     if until is not None:
         query = query.where(deliveries.c.received_at < in_utc(until))
+    if claimed_before is not None:
+        query = query.where(deliveries.c.claimed_at <= in_utc(claimed_before))
     with db.reading() as conn:
         return [stored_delivery(row) for row in conn.execute(query)]
 
@@ -138,14 +143,23 @@ def list_tasks(db: Database, *, limit: int | None = None) -> list[TaskState]:
         return [task_state(row) for row in conn.execute(query)]
 
 
-def failed_request_ids(db: Database) -> list[str]:
-    query = (
-        sa.select(deliveries.c.request_id)
-        .where(deliveries.c.outcome == DeliveryState.FAILED.value)
-        .order_by(deliveries.c.id)
-    )
+def failed_request_ids(
+    db: Database, *, now: float | None = None, lease: int | None = None
+) -> list[str]:
+    """Failed deliveries, oldest first; with ``now`` and ``lease``, abandoned ones too."""
+    failed = deliveries.c.outcome == DeliveryState.FAILED.value
+    if now is not None and lease is not None:
+        failed = sa.or_(failed, abandoned(utc(now), lease))
+    query = sa.select(deliveries.c.request_id).where(failed).order_by(deliveries.c.id)
     with db.reading() as conn:
         return list(conn.execute(query).scalars())
+
+
+def count_abandoned(db: Database, *, now: float, lease: int) -> int:
+    """Deliveries held past the lease: the worker died, or could not write the outcome."""
+    query = sa.select(sa.func.count()).select_from(deliveries).where(abandoned(utc(now), lease))
+    with db.reading() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def count_failed(db: Database) -> int:

@@ -76,3 +76,18 @@ def sweepable(
     )
     with db.reading() as conn:
         return list(conn.execute(query).scalars())
+
+
+def queued_request_ids(db: Database, *, enqueued_before: float) -> list[str]:
+    """Queued deliveries whose message reached the broker at or before ``enqueued_before``,
+    oldest first (the sweep asks the live workers which of them they hold)."""
+    query = (
+        sa.select(deliveries.c.request_id)
+        .where(
+            deliveries.c.outcome == DeliveryState.QUEUED.value,
+            deliveries.c.enqueued_at <= utc(enqueued_before),
+        )
+        .order_by(deliveries.c.id)
+    )
+    with db.reading() as conn:
+        return list(conn.execute(query).scalars())

@@ -22,7 +22,11 @@ from ..events import (
 
 
 class DeliveryState(StrEnum):
-    """A recorded delivery's processing state (the stored value, and the CLI's filter value)."""
+    """A recorded delivery's processing state (the stored value, and the CLI's filter value).
+
+    A PENDING delivery held for longer than ``CALLBOT_PROCESSING_TIMEOUT`` is *abandoned*: its
+    worker died, or could not write its outcome (see :func:`.claims.is_abandoned`).
+    """
 
     QUEUED = "queued"  # recorded, waiting for a Celery worker (enqueued once enqueued_at is set)
     PENDING = "pending"  # held by a worker right now (a request, or a Celery worker)
@@ -46,6 +50,8 @@ class Claim:
     transition: Transition | None = None
     #: An order or call delivery: the first report of its call as that kind, so signalled.
     news: bool = True
+    #: The delivery's attempt this claim holds (NEW, RETRY): its outcome is written for it only.
+    attempt: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +86,8 @@ class StoredDelivery:
     #: An order or call delivery: whether it was news when recorded (see :class:`Claim`).
     news: bool
     source: EventSource
+    #: When its current hold (or queueing) began: with the lease, whether it is abandoned.
+    claimed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +184,7 @@ def stored_delivery(row: Any) -> StoredDelivery:
         transition=stored_transition(row),
         news=stored_news(row),
         source=row.source or "callback",
+        claimed_at=aware(row.claimed_at),
     )
 
 

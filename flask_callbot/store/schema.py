@@ -1,18 +1,21 @@
-"""The tables, their schema version, and the steps that create or upgrade them."""
+"""The tables, and how to read which schema version they are at (Alembic makes and upgrades
+them: see :mod:`flask_callbot.store.migrate`)."""
 
 from __future__ import annotations
-
-import json
-from collections.abc import Callable
-from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import StoreUnavailable
 
-#: Bumped whenever the tables change; each bump adds its step to ``MIGRATIONS``.
+#: The schema version, and the Alembic revision of the callbot branch that made it. Each change
+#: of the tables is a new revision in ``flask_callbot/migrations/versions``, numbered on from the
+#: versions flask-callbot 0.1 recorded itself (1 to 3): ``callbot_0004`` is schema version 4.
 SCHEMA_VERSION = 3
+HEAD_REVISION = "callbot_0003"
+BRANCH = "callbot"
+#: Alembic's version table for the callbot branch: its own, never the host's ``alembic_version``.
+VERSION_TABLE = "callbot_alembic_version"
 
 metadata = sa.MetaData()
 _BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -106,98 +109,63 @@ calls = sa.Table(
     sa.Column("request_id", sa.String(128), nullable=False),
 )
 
-schema_version = sa.Table(
-    "callbot_schema_version",
-    metadata,
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
-)
+#: The version table of flask-callbot 0.1, before Alembic (see :mod:`.legacy`).
+LEGACY_VERSION_TABLE = "callbot_schema_version"
 
 
-def _add_enqueued_at(conn: Connection) -> None:
-    column_type = deliveries.c.enqueued_at.type.compile(dialect=conn.dialect)
-    conn.execute(sa.text(f"ALTER TABLE callbot_deliveries ADD COLUMN enqueued_at {column_type}"))
+def revision_number(revision: str) -> int:
+    """The schema version a callbot revision stands for (``callbot_0003`` -> 3)."""
+    prefix, _, number = revision.partition("_")
+    if prefix != BRANCH or not number.isdigit():
+        raise StoreUnavailable(f"{VERSION_TABLE} holds {revision!r}: not a callbot revision")
+    return int(number)
 
 
-def _track_reports(conn: Connection) -> None:
-    """Schema 3: the ``source`` column, the userTaskID index, and the first report of each call
-    (the calls table, created by ``create_all``) and of each order, filled from the deliveries
-    already recorded, so nothing signalled before the upgrade is taken for missed."""
-    for table, column in ((deliveries, "source"), (orders, "order_request_id")):
-        column_type = table.c[column].type.compile(dialect=conn.dialect)
-        conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column} {column_type}"))
-    for index in tasks.indexes:
-        index.create(conn, checkfirst=True)
-    first = (
-        sa.select(sa.func.min(deliveries.c.id))
-        .where(deliveries.c.kind == "order")
-        .group_by(deliveries.c.task_id, deliveries.c.order_id)
-    )
-    conn.execute(
-        orders.update().values(
-            order_request_id=sa.select(deliveries.c.request_id)
-            .where(
-                deliveries.c.id.in_(first),
-                deliveries.c.task_id == orders.c.task_id,
-                deliveries.c.order_id == orders.c.order_id,
-            )
-            .scalar_subquery()
-        )
-    )
-    rows = conn.execute(
-        sa.select(deliveries.c.request_id, deliveries.c.task_id, deliveries.c.order_id)
-        .add_columns(deliveries.c.body)
-        .where(deliveries.c.kind == "call")
-        .order_by(deliveries.c.id)
-    )
-    seen: dict[tuple[str, str, str], str] = {}
-    for row in rows:
-        call_id = json.loads(bytes(row.body))["callInfoDetail"]["callID"]  # validated on entry
-        seen.setdefault((row.task_id, row.order_id, str(call_id)), row.request_id)
-    if seen:
-        conn.execute(
-            calls.insert(),
-            [
-                {"task_id": task, "order_id": order, "call_id": call, "request_id": request_id}
-                for (task, order, call), request_id in seen.items()
-            ],
-        )
+def read_revision(conn: Connection) -> str | None:
+    """The callbot revision the tables are at (``None``: not made by Alembic, or not at all).
 
-
-#: ``version -> step`` that upgrades tables at ``version - 1`` to ``version``, run in order by
-#: :func:`create_or_upgrade`. Fresh databases are created at the current version and skip them.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_enqueued_at, 3: _track_reports}
-
-_LOCK_KEY = 0x43414C4C424F54  # "CALLBOT": the advisory lock that serialises schema changes
-
-
-def create_or_upgrade(conn: Connection) -> None:
-    """Create or upgrade the tables to :data:`SCHEMA_VERSION`, in the caller's transaction.
-
-    One process at a time does it (a PostgreSQL advisory lock; SQLite's write lock); the
-    version is recorded in ``callbot_schema_version``. A database written by a newer
-    flask_callbot is refused rather than misread.
+    Standalone, Alembic keeps it in :data:`VERSION_TABLE`; under a host's Alembic, the callbot
+    revisions keep that table current themselves (see :mod:`flask_callbot.store.migrate`).
     """
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-    metadata.create_all(conn, checkfirst=True)
-    current = read_version(conn)
-    if current is None:  # tables just created at the current version
-        conn.execute(
-            schema_version.insert().values(version=SCHEMA_VERSION, applied_at=datetime.now(UTC))
-        )
-        current = SCHEMA_VERSION
-    elif current > SCHEMA_VERSION:
-        raise StoreUnavailable(
-            f"the callbot tables are at schema version {current}, newer than this "
-            f"flask_callbot ({SCHEMA_VERSION}): upgrade the package"
-        )
-    for version in range(current + 1, SCHEMA_VERSION + 1):
-        if version in MIGRATIONS:
-            MIGRATIONS[version](conn)
-        conn.execute(schema_version.insert().values(version=version, applied_at=datetime.now(UTC)))
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
+        return None
+    found = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()  # noqa: S608
+    return max(found, key=revision_number) if found else None
 
 
 def read_version(conn: Connection) -> int | None:
-    """The tables' schema version (``None`` before they were created)."""
-    return conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+    """The tables' schema version, ``None`` before they exist: their revision's number, or the
+    version flask-callbot 0.1 recorded in :data:`LEGACY_VERSION_TABLE`. Creates nothing."""
+    revision = read_revision(conn)
+    if revision is not None:
+        return revision_number(revision)
+    if sa.inspect(conn).has_table(LEGACY_VERSION_TABLE):
+        query = f"SELECT max(version) FROM {LEGACY_VERSION_TABLE}"  # noqa: S608
+        found = conn.execute(sa.text(query)).scalar()
+        return None if found is None else int(found)
+    return None
+
+
+#: What to run when the tables are behind and flask_callbot does not manage them.
+UPGRADE_COMMAND = (
+    "run `flask callbot db upgrade` (or the host's `flask db upgrade` if its Alembic carries "
+    "the callbot branch)"
+)
+
+
+def version_problem(version: int | None) -> str | None:
+    """What is wrong with tables at ``version`` for this package (``None``: they serve): the
+    message registration, first use and ``doctor`` give when the schema is not managed here."""
+    if version is None:
+        return f"the callbot tables do not exist: {UPGRADE_COMMAND}"
+    if version < SCHEMA_VERSION:
+        return (
+            f"the callbot tables are at schema version {version}, this flask_callbot needs "
+            f"{SCHEMA_VERSION}: {UPGRADE_COMMAND}"
+        )
+    if version > SCHEMA_VERSION:
+        return (
+            f"the callbot tables are at schema version {version}, newer than this "
+            f"flask_callbot ({SCHEMA_VERSION}): upgrade the package"
+        )
+    return None
