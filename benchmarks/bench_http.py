@@ -105,7 +105,6 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="callbot-http-"))
     requests = folder / "requests.tsv"
-    request_file(requests, 150_000)
     receivers = [("floor", "floor", "sqlite"), ("peer", "peer", "sqlite"),
                  ("limit", "limit", "sqlite"), ("callbot", "callbot", "sqlite")]  # fmt: skip
     if args.postgres:
@@ -126,6 +125,7 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in receivers}
     try:
         for _ in range(args.rounds):
+            request_file(requests, 150_000)  # signed now: within the time window all round
             for label, app, backend in receivers:
                 process, port = serve(app, database(backend), args.workers, folder)
                 try:

@@ -10,8 +10,8 @@ headers and transition under its unique requestID and apply it (a task's transit
 not; an order's newer data, and for a call callback the first report of its call, "news"); send
 the signals; mark the outcome in a second transaction; reply with a fresh responseID.
 
-It writes the same rows and columns as flask_callbot (the tables are created from
-``flask_callbot.store.schema.metadata``), on one raw ``sqlite3`` or ``psycopg`` connection per
+It writes the same rows and columns as flask_callbot (the tables are flask_callbot's own,
+created by its store), on one raw ``sqlite3`` or ``psycopg`` connection per
 thread: no pool, no statement objects, no logging, no metrics. A redelivery is answered from the
 stored row (processed: acknowledged; failed: its stored signals again; in progress: 409).
 """
@@ -38,7 +38,7 @@ from flask import Flask, Response, request
 from flask_callbot import signals
 from flask_callbot.events import CallEvent, OrderEvent, TaskEvent, TaskStatus, coerce_status
 from flask_callbot.schemas import NumberCallbackSchema, TaskCallbackSchema
-from flask_callbot.store.schema import metadata
+from flask_callbot.store import Database
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _UUID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -151,8 +151,12 @@ class _Store:
 
     def __init__(self, database_url: str) -> None:
         url = sa.make_url(database_url)
+        # flask_callbot's own tables, created its way (one process at a time: gunicorn's workers
+        # start together), so the columns and indexes are identical.
+        tables = Database(database_url, {}, sqlite_synchronous="NORMAL")
+        tables.create_schema()
+        tables.dispose()
         engine = sa.create_engine(url)
-        metadata.create_all(engine)  # flask_callbot's own tables, so the columns are identical
         self.postgres = url.get_backend_name() == "postgresql"
         if self.postgres:
             self._args = engine.dialect.create_connect_args(url)[1]
