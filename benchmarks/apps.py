@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -110,7 +111,9 @@ def peer_app(database_url: str) -> Flask:
     app = Flask("peer")
     engine = sa.create_engine(database_url, connect_args={"timeout": 30})
     sa.event.listen(engine, "connect", _wal)
-    _Base.metadata.create_all(engine)
+    with open(f"{engine.url.database}.init-lock", "w") as lock:  # gunicorn's workers start together
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _Base.metadata.create_all(engine)
     sessions = orm.sessionmaker(engine, expire_on_commit=False)
     task_status = Namespace().signal("task-status")
     schema = _TaskCallback()
