@@ -40,6 +40,9 @@ class Database:
         self._writers_turn = _writers_turn(self.engine)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        # An app dropped without store.dispose() (a test's, say) closes its pooled connections
+        # instead of leaving them to the garbage collector (a ResourceWarning since Python 3.13).
+        weakref.finalize(self, self.engine.dispose)
         # A server forking after the store was made (gunicorn --preload) must not share
         # connections with its parent: children drop the inherited pool without closing it.
         # (Windows has no fork, nor this hook.)
