@@ -14,6 +14,7 @@ from typing import Any
 import click
 from flask.cli import AppGroup, with_appcontext
 
+from .config import CELERY_EXTRA_HINT
 from .dispatch import replay
 from .errors import ConfigurationError, DeliveryInProgress, ReceiverFailed
 from .events import CallbackKind, TaskStatus
@@ -290,8 +291,10 @@ def sweep(older_than: timedelta, stalled_after: timedelta) -> None:
     a worker that died (past CALLBOT_PROCESSING_TIMEOUT), or queued and never taken. Safe to run
     at any time and periodically: a delivery enqueued twice is still processed once.
     """
-    from .celery_dispatch import sweep as sweep_deliveries
-
+    try:
+        from .celery_dispatch import sweep as sweep_deliveries
+    except ImportError:
+        raise click.ClickException(f"sweep is for Celery dispatch: {CELERY_EXTRA_HINT}") from None
     app = current_flask_app()
     try:
         found = sweep_deliveries(

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 from urllib.parse import urlsplit
 
 from .config import Settings
@@ -54,6 +55,8 @@ class StepStatus(StrEnum):
 
 
 _SHORT_SECRET = 16
+#: Seconds doctor waits for the Celery broker.
+_BROKER_TIMEOUT = 3
 #: A system clock before this is surely wrong (unix seconds: 2024-01-01).
 _EARLIEST_PLAUSIBLE = 1_704_067_200
 _STYLE_NAMES = {
@@ -421,6 +424,26 @@ def check_configuration(
     steps.append(_check_store(store))
     steps += _check_clock(settings, now=now, system_now=system_now, reference=reference)
     return steps
+
+
+def check_dispatch(settings: Settings, *, bound: bool, celery_app: Any = None) -> Step:
+    """How signals are sent; for Celery dispatch, whether the broker answers now (else every
+    callback is answered 503 and nothing is acknowledged)."""
+    if not settings.queued:
+        return Step(StepStatus.OK, "dispatch", "inline: receivers run in the request")
+    if not bound or celery_app is None:
+        detail = "celery, but no Celery app is bound: every callback would be answered 503"
+        return Step(StepStatus.PROBLEM, "dispatch", detail)
+    with celery_app.connection_for_write() as connection:
+        broker = connection.as_uri()  # the password masked
+        try:
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=_BROKER_TIMEOUT
+            )
+        except Exception as exc:  # kombu's errors, whatever the transport
+            detail = f"celery: broker {broker} unreachable ({exc}): callbacks would be answered 503"
+            return Step(StepStatus.PROBLEM, "dispatch", detail)
+    return Step(StepStatus.OK, "dispatch", f"celery: broker {broker} reachable")
 
 
 def _check_secrets(keys: Sequence[str]) -> list[Step]:

@@ -132,7 +132,7 @@ def handle(app: Flask, kind: CallbackKind, body: Body, headers: Headers) -> Repl
         # A receiver's exception text is the host's (it may quote the event): not logged here;
         # dispatch logged its traceback. Our own messages are fixed strings.
         result.detail = None if isinstance(exc, ReceiverFailed) else exc.message
-        reply = Reply(exc.http_status, exc.ret_code, exc.message)
+        reply = Reply(exc.http_status, exc.ret_code, exc.reply_message)
     except BaseException:
         observe(state, kind, headers, result, None, started)
         raise

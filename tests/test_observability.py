@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from celery import Celery
 from flask import Flask
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -114,7 +115,8 @@ def test_a_delivery_held_by_another_worker_is_busy(
 def test_queue_unavailable_is_its_own_outcome(
     make_app: Callable[..., Flask], clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = make_app(CALLBOT_DISPATCH="celery")  # no Celery app bound: nothing can be enqueued
+    unreachable = Celery("unreachable", broker="redis://127.0.0.1:1/0")  # nothing can be enqueued
+    app = make_app(CALLBOT_DISPATCH="celery", celery=unreachable)
     caplog.set_level(logging.DEBUG, logger="flask_callbot")
     assert_reply(Sender(app.test_client(), clock).post("task", task_payload()), 503, 7)
     (record,) = lines(caplog)

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError, StoreUnavailable
@@ -28,6 +28,8 @@ except ImportError:  # not POSIX (Windows): SQLite's own locking serves, see _wr
 
 #: The execution option that marks a connection's transactions read-only (see Database.reading).
 _READ_ONLY = "callbot_read_only"
+#: The PostgreSQL driver flask-callbot[postgres] installs.
+_PSYCOPG = "postgresql+psycopg"
 
 
 class Database:
@@ -174,7 +176,7 @@ def create_engine(
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except (sa_exc.ArgumentError, ImportError, TypeError) as exc:
-        hint = " (install flask-callbot[postgres])" if "psycopg" in str(exc) else ""
+        hint = _url_hint(parsed, exc)
         raise ConfigurationError(
             f"CALLBOT_DATABASE_URL / CALLBOT_ENGINE_OPTIONS: cannot create the engine: {exc}{hint}"
         ) from exc
@@ -182,6 +184,16 @@ def create_engine(
         in_memory = parsed.database in (None, "", ":memory:")
         _tune_sqlite(engine, in_memory=in_memory, synchronous=sqlite_synchronous)
     return engine
+
+
+def _url_hint(url: URL, exc: Exception) -> str:
+    """The usual slips: a ``postgres://`` URL (Heroku's form, no dialect of that name) or
+    another PostgreSQL driver than the one ``flask-callbot[postgres]`` installs."""
+    if url.get_backend_name() in ("postgres", "postgresql") and url.drivername != _PSYCOPG:
+        return (
+            f" (write the URL as {_PSYCOPG}://...: psycopg 3, installed by flask-callbot[postgres])"
+        )
+    return " (install flask-callbot[postgres])" if "psycopg" in str(exc) else ""
 
 
 def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:
