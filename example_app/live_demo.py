@@ -1,6 +1,7 @@
 """Watch the dashboard fill up: the example app, fed simulated signed campaigns, in one command.
 
-    python -m example_app.live_demo [--port 5000] [--orders 40] [--delay 0.15] [--campaigns 0]
+    python -m example_app.live_demo [--host 127.0.0.1] [--port 5000] [--orders 40]
+        [--delay 0.15] [--campaigns N [--stay]] [--pause 3] [--no-faults] [--verbose]
 
 Starts the example app (SQLite in ``./instance`` unless ``CALLBOT_DATABASE_URL`` says otherwise;
 the public dev credentials unless ``CALLBOT_SECRET_KEY`` and ``CALLBOT_UUID`` are set) on a
@@ -101,7 +102,8 @@ def play(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the README lists every option: a test holds it to that)."""
     parser = argparse.ArgumentParser(
         prog="python -m example_app.live_demo", description=__doc__.split("\n\n")[0]
     )
@@ -110,13 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=40, help="phone numbers per campaign")
     parser.add_argument("--delay", type=float, default=0.15, help="seconds between deliveries")
     parser.add_argument(
-        "--campaigns", type=int, default=0, help="how many to play (0: until Ctrl-C)"
+        "--campaigns", type=int, default=0, help="how many to play, then exit (0: until Ctrl-C)"
     )
     parser.add_argument("--pause", type=float, default=3.0, help="seconds between campaigns")
     parser.add_argument("--no-faults", action="store_true", help="no duplicates or forgeries")
-    parser.add_argument("--exit", action="store_true", help="stop after the last campaign")
+    parser.add_argument(
+        "--stay", action="store_true", help="keep the dashboard up after the last campaign"
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request and callback")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     app = demo_app()
     if not args.verbose:  # the dashboard shows it all; keep the terminal readable
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 played += 1
                 verdict = "every answer as expected" if summary.ok else "UNEXPECTED answers"
                 print(f"campaign {played}: {summary.report()[0]}; {verdict}", flush=True)
-            if not args.exit:
+            if args.stay:
                 print("campaigns done; the dashboard stays up until Ctrl-C", flush=True)
                 threading.Event().wait()
         except KeyboardInterrupt:

@@ -257,11 +257,14 @@ def verify_capture(
             )
         _check_signature(walk, auth, body, settings)
     _check_body(walk, kind, body, auth)
-    if walk.refusal is None:
-        verdict = "verifies: the receiver accepts it (200 retCode 0)"
-    else:
+    if walk.refusal is not None:
         verdict = walk.refusal
-    return Verification(steps=tuple(walk.steps), verified=walk.refusal is None, verdict=verdict)
+    elif kind is None:  # authentic, but the receiver also validates the body: no verdict yet
+        verdict = "undecided: the body was not checked; give --kind task|order|call"
+    else:
+        verdict = "verifies: the receiver accepts it (200 retCode 0)"
+    verified = walk.refusal is None and kind is not None
+    return Verification(steps=tuple(walk.steps), verified=verified, verdict=verdict)
 
 
 def _utc(timestamp: float) -> str:

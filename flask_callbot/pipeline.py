@@ -166,7 +166,7 @@ def observe(
     }
     message = (
         "callbot request_id=%(request_id)s kind=%(kind)s outcome=%(outcome)s"
-        " status=%(http_status)s ret_code=%(ret_code)s latency_ms=%(latency_ms)s"
+        " http_status=%(http_status)s ret_code=%(ret_code)s latency_ms=%(latency_ms)s"
     )
     if result.reason is not None:
         message += " reason=%(reason)s"

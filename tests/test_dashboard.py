@@ -9,6 +9,7 @@ import re
 import socket
 import time
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -308,12 +309,25 @@ def test_live_demo_plays_a_campaign_into_the_dashboard(
     env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--port", "0", "--campaigns", "2", "--orders", "6", "--delay", "0", "--pause", "0"]
-    assert live_demo.main([*argv, "--exit"]) == 0
+    assert live_demo.main(argv) == 0  # --campaigns N: it exits after them (--stay: it waits)
     out = capsys.readouterr().out
     assert re.search(r"^Dashboard: http://127\.0\.0\.1:\d+/dashboard/ ", out, re.MULTILINE)
     assert out.count("every answer as expected") == 2, out
     tasks = get_store(create_app()).list_tasks()
     assert [task.status for task in tasks] == [TaskStatus.COMPLETED] * 2
+
+
+def test_the_readme_lists_every_live_demo_option() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Live dashboard demo", 1)[1].split("\n## ", 1)[0]
+    options = [
+        option
+        for action in live_demo.build_parser()._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    ]
+    assert len(options) == 9
+    assert [option for option in options if f"`{option}" not in section] == []
 
 
 def test_live_demo_signs_with_the_apps_own_credentials(env: pytest.MonkeyPatch) -> None:
@@ -336,5 +350,5 @@ def test_live_demo_says_when_the_port_is_busy(
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        assert live_demo.main(["--port", str(port), "--exit"]) == 1
+        assert live_demo.main(["--port", str(port), "--campaigns", "1"]) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

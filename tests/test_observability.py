@@ -61,7 +61,7 @@ def test_every_outcome_is_one_structured_line(
         assert isinstance(fields["latency_ms"], float) and fields["latency_ms"] >= 0
         assert record.getMessage().startswith(
             f"callbot request_id={fields['request_id']} kind={fields['kind']} "
-            f"outcome={fields['outcome']} status={fields['http_status']} "
+            f"outcome={fields['outcome']} http_status={fields['http_status']} "
             f"ret_code={fields['ret_code']} latency_ms="
         )
     accepted, _, _, bad_sign, bad_body = (r.callbot for r in records)  # type: ignore[attr-defined]
