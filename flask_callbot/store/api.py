@@ -79,6 +79,11 @@ class StoreReader:
         """How many deliveries are failed now (the ``callbot_failed_deliveries`` gauge)."""
         return queries.count_failed(self._db)
 
+    def count_deliveries(self, task_id: str) -> dict[CallbackKind, int]:
+        """How many deliveries of each kind are recorded for one task: every authentic callback
+        once (duplicates are not counted again), whichever process received it."""
+        return queries.count_deliveries(self._db, task_id)
+
     def count_prunable(self, *, before: datetime, include_failed: bool = False) -> int:
         """How many deliveries :meth:`Store.prune` with the same arguments would delete."""
         return queries.count_prunable(self._db, before=before, include_failed=include_failed)
