@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError, StoreUnavailable
@@ -31,6 +31,8 @@ _T = TypeVar("_T")
 
 #: The execution option that marks a connection's transactions read-only (see Database.reading).
 _READ_ONLY = "callbot_read_only"
+#: The PostgreSQL driver flask-callbot[postgres] installs.
+_PSYCOPG = "postgresql+psycopg"
 
 
 class Database:
@@ -56,6 +58,9 @@ class Database:
         self._writers_turn = _writers_turn(self.engine)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        # An app dropped without store.dispose() (a test's, say) closes its pooled connections
+        # instead of leaving them to the garbage collector (a ResourceWarning since Python 3.13).
+        weakref.finalize(self, self.engine.dispose)
         # A server forking after the store was made (gunicorn --preload) must not share
         # connections with its parent: children drop the inherited pool without closing it.
         # (Windows has no fork, nor this hook.)
@@ -231,7 +236,7 @@ def create_engine(
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except (sa_exc.ArgumentError, ImportError, TypeError) as exc:
-        hint = " (install flask-callbot[postgres])" if "psycopg" in str(exc) else ""
+        hint = _url_hint(parsed, exc)
         raise ConfigurationError(
             f"CALLBOT_DATABASE_URL / CALLBOT_ENGINE_OPTIONS: cannot create the engine: {exc}{hint}"
         ) from exc
@@ -239,6 +244,16 @@ def create_engine(
         in_memory = parsed.database in (None, "", ":memory:")
         _tune_sqlite(engine, in_memory=in_memory, synchronous=sqlite_synchronous)
     return engine
+
+
+def _url_hint(url: URL, exc: Exception) -> str:
+    """The usual slips: a ``postgres://`` URL (Heroku's form, no dialect of that name) or
+    another PostgreSQL driver than the one ``flask-callbot[postgres]`` installs."""
+    if url.get_backend_name() in ("postgres", "postgresql") and url.drivername != _PSYCOPG:
+        return (
+            f" (write the URL as {_PSYCOPG}://...: psycopg 3, installed by flask-callbot[postgres])"
+        )
+    return " (install flask-callbot[postgres])" if "psycopg" in str(exc) else ""
 
 
 def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:
