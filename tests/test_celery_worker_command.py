@@ -1,8 +1,9 @@
-"""The README's Celery worker command, run as written against a module of the documented shape.
+"""The docs' Celery worker command, run as written against a module of the documented shape.
 
-The worker module (``yourapp/celery_worker.py``) and the command line are read from the README,
-so the documentation cannot drift from what works. ``yourapp`` itself is a small app of the
-README's pattern: configured by ``from_prefixed_env()``, Celery app bound before the blueprint.
+The worker module (``yourapp/celery_worker.py``) and the command line are read from
+``docs/scaling.md``, so the documentation cannot drift from what works. ``yourapp`` itself is a
+small app of the documented pattern: configured by ``from_prefixed_env()``, Celery app bound
+before the blueprint.
 """
 
 from __future__ import annotations
@@ -62,19 +63,20 @@ def record(sender, event, **extra):
 """
 
 
-def readme() -> str:
-    return (ROOT / "README.md").read_text(encoding="utf-8")
+def guide() -> str:
+    """The Celery dispatch guide, where the worker module and command are documented."""
+    return (ROOT / "docs" / "scaling.md").read_text(encoding="utf-8")
 
 
 def worker_module() -> str:
-    """The README's ``yourapp/celery_worker.py``, as written."""
-    (block,) = re.findall(r"```python\n(# yourapp/celery_worker\.py.*?)```", readme(), re.S)
+    """The docs' ``yourapp/celery_worker.py``, as written."""
+    (block,) = re.findall(r"```python\n(# yourapp/celery_worker\.py.*?)```", guide(), re.S)
     return str(block)
 
 
 def worker_command() -> list[str]:
-    """The README's worker command line (without its comment)."""
-    (line,) = re.findall(r"^celery -A .*$", readme(), re.M)
+    """The docs' worker command line (without its comment)."""
+    (line,) = re.findall(r"^celery -A .*$", guide(), re.M)
     return shlex.split(line, comments=True)
 
 
@@ -107,7 +109,7 @@ def yourapp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
 def celery(env: dict[str, str], *args: str, **options: object) -> subprocess.Popen[bytes]:
     """``celery ARGS`` as a console would run it, from the folder holding ``yourapp``."""
     cwd = env.pop("cwd")
-    return subprocess.Popen(  # noqa: S603 - our own interpreter, the README's arguments
+    return subprocess.Popen(  # noqa: S603 - our own interpreter, the docs' arguments
         [sys.executable, "-m", *args], cwd=cwd, env=env, **options
     )
 
