@@ -34,7 +34,13 @@ def create_blueprint(*, name: str = "callbot", clock: Callable[[], float] = time
     """A new blueprint mounting the callback routes; register it on the app to set up the receiver.
 
     Registration reads the app's ``CALLBOT_*`` config and fails at once, naming the key, if it is
-    incomplete. ``clock`` returns unix seconds; tests inject one to move time.
+    incomplete.
+
+    :param name: the blueprint's name.
+    :param clock: returns unix seconds; tests inject one to move time.
+    :raises ConfigurationError: at registration, naming the missing or wrong key.
+
+    .. versionadded:: 0.1.0
     """
     blueprint = Blueprint(name, __name__, cli_group="callbot")
     blueprint.cli = create_group()

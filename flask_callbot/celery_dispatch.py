@@ -34,6 +34,11 @@ def init_celery(app: Flask, celery_app: Celery | None = None) -> None:
     Registration does this by itself with the Celery app in ``app.extensions["celery"]`` (the
     Flask docs' ``celery_init_app``), and refuses Celery dispatch without one; call this after
     registration only to bind another Celery app, in the web processes and in the worker alike.
+
+    :param app: an app with the blueprint registered.
+    :param celery_app: the Celery app to bind; default ``app.extensions["celery"]``.
+
+    .. versionadded:: 0.1.0
     """
     settings = get_state(app).settings
     bind_dispatcher(app, register_tasks(app, settings, celery_app))

@@ -64,6 +64,11 @@ def bind_dispatcher(app: Flask, enqueue: Callable[[str], None]) -> None:
 
 
 def get_store(app: Flask | None = None) -> StoreReader:
-    """The store of ``app`` (default: the current app), read-only: ask it about tasks, orders,
-    deliveries. Writing is the pipeline's, the dispatchers' and the CLI's (``get_state``)."""
+    """The store of ``app``, read-only: ask it about tasks, orders, deliveries. Writing is the
+    pipeline's, the dispatchers' and the CLI's (``get_state``).
+
+    :param app: an app with the blueprint registered; default: the current app.
+
+    .. versionadded:: 0.1.0
+    """
     return get_state(app).store.reader
