@@ -51,6 +51,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logger.setLevel(logging.INFO)
+    if app.config.get("CELERY"):
+        celery_init_app(app)  # before the blueprint: registration binds the Celery app it finds
     app.register_blueprint(create_blueprint())
     refresh_ms = int(app.config["EXAMPLE_DASHBOARD_REFRESH_MS"])
     app.register_blueprint(create_dashboard(refresh_ms=refresh_ms), url_prefix="/dashboard")
@@ -62,6 +64,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     signals.call_received.connect(follow_up_on_intent, app, weak=False)
     signals.order_received.connect(log_finished_order, app, weak=False)
     return app
+
+
+def celery_init_app(app: Flask) -> Any:
+    """The Flask docs' Celery pattern, for ``CALLBOT_DISPATCH = "celery"``: a Celery app made
+    from ``app.config["CELERY"]`` and kept in ``app.extensions["celery"]`` (needs
+    ``flask-callbot[celery]``). Workers build the same app, then run its Celery app."""
+    from celery import Celery
+
+    celery_app = Celery(app.name)
+    celery_app.config_from_object(app.config["CELERY"])
+    app.extensions["celery"] = celery_app
+    return celery_app
 
 
 def _to_dashboard() -> Response:

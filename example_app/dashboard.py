@@ -3,12 +3,13 @@
 It is the reference integration, so it shows the two ways a host app learns what happened:
 
 - **the store** (``get_store(app)``): durable, survives restarts, shared by every worker. The
-  task table, each task's status timeline (its recorded task deliveries' transitions) and the
-  latest orders (recent order deliveries, each looked up with ``get_order``) come from there;
+  task table with each task's recorded order and call callbacks (``count_deliveries``), each
+  task's status timeline (its recorded task deliveries' transitions) and the latest orders
+  (``list_orders``) come from there;
 - **the signals**: what this process saw since it started, kept in a small bounded,
   lock-protected feed in ``app.extensions["example_dashboard"]``: the latest call attempts with
-  their intents, callbacks received per task and kind, refused requests, and the latest status
-  change (announced to screen readers).
+  their intents, how many callbacks it received and refused, and the latest status change
+  (announced to screen readers).
 
 ``create_dashboard()`` returns a new blueprint each call; registering it sets up the feed and
 connects the receivers for that app only (several apps in one process keep separate feeds).
@@ -91,7 +92,7 @@ class Feed:
 
     calls: deque[CallRow]
     lock: threading.Lock = field(default_factory=threading.Lock)
-    received: Counter[tuple[str, str]] = field(default_factory=Counter)
+    received: int = 0
     refused: Counter[str] = field(default_factory=Counter)
     latest_change: Change | None = None
 
@@ -99,9 +100,9 @@ class Feed:
         with self.lock:
             self.calls.appendleft(row)
 
-    def count(self, task_id: str, kind: CallbackKind) -> None:
+    def count(self) -> None:
         with self.lock:
-            self.received[task_id, kind.value] += 1
+            self.received += 1
 
     def refuse(self, reason: str) -> None:
         with self.lock:
@@ -111,15 +112,10 @@ class Feed:
         with self.lock:
             self.latest_change = change
 
-    def snapshot(self) -> tuple[list[CallRow], Counter[tuple[str, str]], int, Change | None]:
+    def snapshot(self) -> tuple[list[CallRow], int, int, Change | None]:
         """A consistent copy to render from, taken under the lock."""
         with self.lock:
-            return (
-                list(self.calls),
-                self.received.copy(),
-                self.refused.total(),
-                self.latest_change,
-            )
+            return list(self.calls), self.received, self.refused.total(), self.latest_change
 
 
 def create_dashboard(*, latest: int = 12, tasks: int = 10, refresh_ms: int = 1500) -> Blueprint:
@@ -194,14 +190,7 @@ def _connect(app: Flask, feed: Feed) -> None:
         )
 
     def on_received(sender: Flask, *, event: Event, **extra: Any) -> None:
-        kind = (
-            CallbackKind.TASK
-            if isinstance(event, TaskEvent)
-            else CallbackKind.CALL
-            if isinstance(event, CallEvent)
-            else CallbackKind.ORDER
-        )
-        feed.count(event.task_id, kind)
+        feed.count()
 
     def on_rejected(sender: Flask, *, reason: str, **extra: Any) -> None:
         feed.refuse(reason)
@@ -229,21 +218,19 @@ def _context(*, latest: int, tasks: int) -> dict[str, Any]:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     store = get_store(app)
     calls, received, refused, change = get_feed(app).snapshot()
-    task_rows = [_task_row(store, task, received) for task in store.list_tasks(limit=tasks)]
+    task_rows = [_task_row(store, task) for task in store.list_tasks(limit=tasks)]
     return {
         "tasks": task_rows,
         "orders": store.list_orders(kind=CallbackKind.ORDER, limit=latest),
         "calls": calls,
-        "received": sum(received.values()),
+        "received": received,
         "refused": refused,
         "change": change,
         "now": datetime.now(UTC),
     }
 
 
-def _task_row(
-    store: StoreReader, task: TaskState, received: Counter[tuple[str, str]]
-) -> dict[str, Any]:
+def _task_row(store: StoreReader, task: TaskState) -> dict[str, Any]:
     stats = task.stats
     history = store.list_deliveries(task_id=task.task_id, kind=CallbackKind.TASK, limit=200)
     timeline = [
@@ -251,13 +238,18 @@ def _task_row(
         for d in reversed(history)  # newest first from the store; a timeline reads oldest first
         if d.transition is not None and d.transition.applied and d.transition.changed
     ]
+    recorded = store.count_deliveries(task.task_id)  # by every process, not only this one
+    finish = percent(stats.get("finish_rate"))
     return {
         "task": task,
-        "finish": percent(stats.get("finish_rate")),
+        "finish": finish,
         "answer": percent(stats.get("answer_rate")),
         "stats": stats,
-        "orders_received": received[task.task_id, CallbackKind.ORDER.value],
-        "calls_received": received[task.task_id, CallbackKind.CALL.value],
+        "orders_recorded": recorded[CallbackKind.ORDER],
+        "calls_recorded": recorded[CallbackKind.CALL],
+        # The vendor completes a task when its orders are done or when it is ended early (from
+        # the console or the API); the finish rate counts the orders actually finished.
+        "ended_early": task.status == TaskStatus.COMPLETED and finish is not None and finish < 100,
         "timeline": timeline,
     }
 
@@ -305,5 +297,5 @@ def intent_text(intents: Iterable[Intent]) -> list[str]:
 
 
 def clock(at: datetime) -> str:
-    """``14:03:07``: the time of day in UTC (the page says so)."""
-    return at.astimezone(UTC).strftime("%H:%M:%S")
+    """``2026-11-24 14:03:07``: the date and time in UTC (the page says so)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")

@@ -1,7 +1,7 @@
 """Watch the dashboard fill up: the example app, fed simulated signed campaigns, in one command.
 
-    python -m example_app.live_demo [--port 5000] [--orders 40] [--delay 0.15] [--campaigns 0]
-                                    [--drop 0.3]
+    python -m example_app.live_demo [--host 127.0.0.1] [--port 5000] [--orders 40]
+        [--delay 0.15] [--campaigns N [--stay]] [--pause 3] [--no-faults] [--verbose] [--drop 0.3]
 
 Starts the example app (SQLite in ``./instance`` unless ``CALLBOT_DATABASE_URL`` says otherwise;
 the public dev credentials unless ``CALLBOT_SECRET_KEY`` and ``CALLBOT_UUID`` are set) on a
@@ -117,7 +117,8 @@ def repair(app: Flask, summary: Summary) -> str:
     return f"{lost} callbacks lost; reconciliation recorded {len(report.findings)}: {level}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the README lists every option: a test holds it to that)."""
     parser = argparse.ArgumentParser(
         prog="python -m example_app.live_demo", description=__doc__.split("\n\n")[0]
     )
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=40, help="phone numbers per campaign")
     parser.add_argument("--delay", type=float, default=0.15, help="seconds between deliveries")
     parser.add_argument(
-        "--campaigns", type=int, default=0, help="how many to play (0: until Ctrl-C)"
+        "--campaigns", type=int, default=0, help="how many to play, then exit (0: until Ctrl-C)"
     )
     parser.add_argument("--pause", type=float, default=3.0, help="seconds between campaigns")
     parser.add_argument("--no-faults", action="store_true", help="no duplicates or forgeries")
@@ -136,9 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="share of callbacks lost on the way, then repaired by reconciliation (e.g. 0.3)",
     )
-    parser.add_argument("--exit", action="store_true", help="stop after the last campaign")
+    parser.add_argument(
+        "--stay", action="store_true", help="keep the dashboard up after the last campaign"
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request and callback")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     app = demo_app()
     if not args.verbose:  # the dashboard shows it all; keep the terminal readable
@@ -170,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"campaign {played}: {summary.report()[0]}; {verdict}", flush=True)
                 if args.drop:
                     print(f"campaign {played}: {repair(app, summary)}", flush=True)
-            if not args.exit:
+            if args.stay:
                 print("campaigns done; the dashboard stays up until Ctrl-C", flush=True)
                 threading.Event().wait()
         except KeyboardInterrupt:

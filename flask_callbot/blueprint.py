@@ -20,7 +20,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from . import pipeline
 from .cli import create_group
-from .config import load_settings
+from .config import CELERY_EXTRA_HINT, Settings, load_settings
 from .errors import ConfigurationError, IncompleteBody, PayloadTooLarge, StoreUnavailable
 from .events import CallbackKind
 from .routes import ROUTES
@@ -34,7 +34,13 @@ def create_blueprint(*, name: str = "callbot", clock: Callable[[], float] = time
     """A new blueprint mounting the callback routes; register it on the app to set up the receiver.
 
     Registration reads the app's ``CALLBOT_*`` config and fails at once, naming the key, if it is
-    incomplete. ``clock`` returns unix seconds; tests inject one to move time.
+    incomplete.
+
+    :param name: the blueprint's name.
+    :param clock: returns unix seconds; tests inject one to move time.
+    :raises ConfigurationError: at registration, naming the missing or wrong key.
+
+    .. versionadded:: 0.1.0
     """
     blueprint = Blueprint(name, __name__, cli_group="callbot")
     blueprint.cli = create_group()
@@ -56,6 +62,7 @@ def _init_app(app: Flask, clock: Callable[[], float]) -> None:
         raise ConfigurationError("flask_callbot is already set up on this app")
     settings = load_settings(app.config, app.instance_path)
     engine = _host_engine(app, settings.engine)
+    enqueue = _celery_dispatcher(app, settings) if settings.queued else None
     if settings.database_url_is_default and engine is None:
         os.makedirs(app.instance_path, exist_ok=True)
     store = Store(
@@ -74,11 +81,6 @@ def _init_app(app: Flask, clock: Callable[[], float]) -> None:
         metrics = build_metrics(
             store, settings.metrics_registry, clock=clock, lease=settings.processing_timeout
         )
-    enqueue = None
-    if settings.queued and "celery" in app.extensions:  # the Flask docs' celery_init_app
-        from .celery_dispatch import register_tasks
-
-        enqueue = register_tasks(app, settings)
     app.extensions[EXTENSION_KEY] = CallbotState(
         settings=settings, store=store, clock=clock, metrics=metrics, enqueue=enqueue
     )
@@ -106,6 +108,24 @@ def _report_schema(store: Store) -> None:
         return
     if problem:
         logger.warning("flask_callbot: %s", problem)
+
+
+def _celery_dispatcher(app: Flask, settings: Settings) -> Callable[[str], None]:
+    """Celery dispatch binds its Celery app now: without one, every callback would be answered
+    503 until someone noticed, so registration refuses instead."""
+    if "celery" not in app.extensions:
+        raise ConfigurationError(
+            'CALLBOT_DISPATCH is "celery" but no Celery app is bound: put it in '
+            'app.extensions["celery"] before registering the blueprint (the Flask docs\' '
+            'celery_init_app), or set CALLBOT_DISPATCH to "inline"'
+        )
+    try:
+        from .celery_dispatch import register_tasks
+    except ImportError:
+        raise ConfigurationError(
+            f'CALLBOT_DISPATCH "celery" needs Celery: {CELERY_EXTRA_HINT}'
+        ) from None
+    return register_tasks(app, settings)
 
 
 def _view(kind: CallbackKind) -> Callable[[], Response]:

@@ -31,9 +31,14 @@ def init_celery(app: Flask, celery_app: Celery | None = None) -> None:
     """Register flask_callbot's tasks on ``celery_app`` (default ``app.extensions["celery"]``)
     and give the app's state their dispatcher (:func:`flask_callbot.state.bind_dispatcher`).
 
-    Call it in the app factory after the blueprint is registered, in the web processes and in
-    the worker (which imports the same factory). Registration does this by itself when the
-    Celery app is already in ``app.extensions["celery"]`` (the Flask docs' ``celery_init_app``).
+    Registration does this by itself with the Celery app in ``app.extensions["celery"]`` (the
+    Flask docs' ``celery_init_app``), and refuses Celery dispatch without one; call this after
+    registration only to bind another Celery app, in the web processes and in the worker alike.
+
+    :param app: an app with the blueprint registered.
+    :param celery_app: the Celery app to bind; default ``app.extensions["celery"]``.
+
+    .. versionadded:: 0.1.0
     """
     settings = get_state(app).settings
     bind_dispatcher(app, register_tasks(app, settings, celery_app))

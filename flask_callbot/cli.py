@@ -15,6 +15,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
+from .config import CELERY_EXTRA_HINT
 from .dispatch import replay
 from .errors import ConfigurationError, DeliveryInProgress, ReceiverFailed
 from .events import CallbackKind, TaskStatus
@@ -382,8 +383,10 @@ def sweep(older_than: timedelta, stalled_after: timedelta) -> None:
     workers), or queued and never taken. Safe to run at any time and periodically (every
     minute): a delivery enqueued twice is still processed once.
     """
-    from .celery_dispatch import sweep as sweep_deliveries
-
+    try:
+        from .celery_dispatch import sweep as sweep_deliveries
+    except ImportError:
+        raise click.ClickException(f"sweep is for Celery dispatch: {CELERY_EXTRA_HINT}") from None
     app = current_flask_app()
     try:
         found = sweep_deliveries(

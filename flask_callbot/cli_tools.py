@@ -19,7 +19,13 @@ import click
 from flask.cli import with_appcontext
 
 from .cli import _now, parse_moment
-from .diagnostics import CaptureError, StepStatus, check_configuration, parse_capture
+from .diagnostics import (
+    CaptureError,
+    StepStatus,
+    check_configuration,
+    check_dispatch,
+    parse_capture,
+)
 from .diagnostics import verify_capture as verify_request
 from .events import CallbackKind
 from .openapi import build_openapi
@@ -485,8 +491,8 @@ def verify(capture: Any, kind: str | None, now: float | datetime | timedelta | N
     "CALLBOT_API_* location or credential is set].",
 )
 def doctor(reference: float | datetime | timedelta | None, ping: bool | None) -> None:
-    """Check the configuration: secret, uuid, algorithms, store, clock, vendor API. Exits 1 on
-    a problem."""
+    """Check the configuration: secret, uuid, algorithms, store, clock, dispatch, vendor API.
+    Exits 1 on a problem."""
     state = get_state()
     steps = check_configuration(
         state.settings,
@@ -496,6 +502,10 @@ def doctor(reference: float | datetime | timedelta | None, ping: bool | None) ->
         reference=None if reference is None else _timestamp(reference),
         ping=ping,
         clock=state.clock,
+    )
+    celery_app = current_flask_app().extensions.get("celery")
+    steps.append(
+        check_dispatch(state.settings, bound=state.enqueue is not None, celery_app=celery_app)
     )
     for step in steps:
         click.echo(step.line())

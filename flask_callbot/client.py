@@ -165,8 +165,20 @@ class _Retry(Exception):
 class CallbotAPI:
     """A signed, retrying client of the vendor's API; one pooled HTTP connection per instance.
 
-    Use it as a context manager, or call :meth:`close`. ``sleep`` and ``clock`` are injectable
-    for tests; ``transport`` is handed to httpx.
+    Use it as a context manager, or call :meth:`close`.
+
+    :param base_url: the API's location.
+    :param uuid: the account uuid requests are signed with.
+    :param secret_key: the key requests are signed with.
+    :param algorithm: ``"MD5"`` or ``"SHA256"``, sent in the ``algorithm`` header.
+    :param timeout: seconds per request.
+    :param max_retries: retries of retCode 7, HTTP 5xx or 429, timeouts and connection errors,
+        after ``backoff`` seconds doubling up to ``backoff_max``.
+    :param response_signature: ``"verify-if-present"``, ``"require"`` or ``"off"``.
+    :param transport: handed to httpx.
+    :param clock: stamps ``createTs``; with ``sleep``, injectable for tests.
+
+    .. versionadded:: 0.1.0
     """
 
     def __init__(

@@ -54,6 +54,8 @@ RESPONSE_SIGNATURE_MODES = ("verify-if-present", "require", "off")
 DISPATCH_MODES = ("inline", "celery")
 #: What to install when ``CALLBOT_METRICS`` is on but prometheus_client is missing.
 METRICS_EXTRA_HINT = "pip install 'flask-callbot[metrics]'"
+#: What to install when Celery dispatch or ``flask callbot sweep`` is used without Celery.
+CELERY_EXTRA_HINT = "pip install 'flask-callbot[celery]'"
 
 
 @dataclass(frozen=True, slots=True)

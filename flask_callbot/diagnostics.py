@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 from urllib.parse import urlsplit
 
 from .config import Settings
@@ -59,6 +60,8 @@ class StepStatus(StrEnum):
 _SHORT_SECRET = 16
 #: Seconds the vendor's clock may differ from ours before the doctor warns.
 _CLOCK_TOLERANCE = 5
+#: Seconds doctor waits for the Celery broker.
+_BROKER_TIMEOUT = 3
 #: A system clock before this is surely wrong (unix seconds: 2024-01-01).
 _EARLIEST_PLAUSIBLE = 1_704_067_200
 _STYLE_NAMES = {
@@ -259,11 +262,14 @@ def verify_capture(
             )
         _check_signature(walk, auth, body, settings)
     _check_body(walk, kind, body, auth)
-    if walk.refusal is None:
-        verdict = "verifies: the receiver accepts it (200 retCode 0)"
-    else:
+    if walk.refusal is not None:
         verdict = walk.refusal
-    return Verification(steps=tuple(walk.steps), verified=walk.refusal is None, verdict=verdict)
+    elif kind is None:  # authentic, but the receiver also validates the body: no verdict yet
+        verdict = "undecided: the body was not checked; give --kind task|order|call"
+    else:
+        verdict = "verifies: the receiver accepts it (200 retCode 0)"
+    verified = walk.refusal is None and kind is not None
+    return Verification(steps=tuple(walk.steps), verified=verified, verdict=verdict)
 
 
 def _utc(timestamp: float) -> str:
@@ -470,6 +476,26 @@ def check_vendor_api(settings: Settings, *, clock: Callable[[], float] = time.ti
     else:
         clock_step = Step(StepStatus.OK, "vendor clock", gap)
     return [Step(StepStatus.OK, "vendor API", reached), clock_step]
+
+
+def check_dispatch(settings: Settings, *, bound: bool, celery_app: Any = None) -> Step:
+    """How signals are sent; for Celery dispatch, whether the broker answers now (else every
+    callback is answered 503 and nothing is acknowledged)."""
+    if not settings.queued:
+        return Step(StepStatus.OK, "dispatch", "inline: receivers run in the request")
+    if not bound or celery_app is None:
+        detail = "celery, but no Celery app is bound: every callback would be answered 503"
+        return Step(StepStatus.PROBLEM, "dispatch", detail)
+    with celery_app.connection_for_write() as connection:
+        broker = connection.as_uri()  # the password masked
+        try:
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=_BROKER_TIMEOUT
+            )
+        except Exception as exc:  # kombu's errors, whatever the transport
+            detail = f"celery: broker {broker} unreachable ({exc}): callbacks would be answered 503"
+            return Step(StepStatus.PROBLEM, "dispatch", detail)
+    return Step(StepStatus.OK, "dispatch", f"celery: broker {broker} reachable")
 
 
 def _check_secrets(keys: Sequence[str]) -> list[Step]:

@@ -15,6 +15,11 @@ class CallbotError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def reply_message(self) -> str:
+        """The reply's retMsg: the message, unless it may carry the host's own text."""
+        return self.message
+
 
 class ConfigurationError(CallbotError):
     """The app's ``CALLBOT_*`` configuration is missing or wrong; raised at registration."""
@@ -103,9 +108,17 @@ class DeliveryInProgress(CallbotError):
 
 
 class ReceiverFailed(CallbotError):
-    """A signal receiver raised; the delivery is kept as failed and is re-run on redelivery."""
+    """A signal receiver raised; the delivery is kept as failed and is re-run on redelivery.
+
+    The message quotes the receivers' exceptions: the host's text, which may quote the event or
+    name its systems. It goes to the store's ``error`` and the log, never to the vendor.
+    """
 
     http_status, ret_code, reason = 500, 5001, "receiver-failed"
+
+    @property
+    def reply_message(self) -> str:
+        return "a receiver raised; the delivery is kept as failed"
 
 
 class StoreUnavailable(CallbotError):

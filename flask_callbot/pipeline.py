@@ -139,7 +139,7 @@ def handle(app: Flask, kind: CallbackKind, body: Body, headers: Headers) -> Repl
         # A receiver's exception text is the host's (it may quote the event): not logged here;
         # dispatch logged its traceback. Our own messages are fixed strings.
         result.detail = None if isinstance(exc, ReceiverFailed) else exc.message
-        reply = Reply(exc.http_status, exc.ret_code, exc.message)
+        reply = Reply(exc.http_status, exc.ret_code, exc.reply_message)
     except BaseException:
         observe(state, kind, headers, result, None, started)
         raise
@@ -191,7 +191,7 @@ def _log(
     }
     message = (
         "callbot request_id=%(request_id)s kind=%(kind)s outcome=%(outcome)s"
-        " status=%(http_status)s ret_code=%(ret_code)s latency_ms=%(latency_ms)s"
+        " http_status=%(http_status)s ret_code=%(ret_code)s latency_ms=%(latency_ms)s"
     )
     if result.reason is not None:
         message += " reason=%(reason)s"

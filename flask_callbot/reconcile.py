@@ -128,11 +128,20 @@ def reconcile(
 ) -> Report:
     """Ask the vendor about tasks and record every difference as a delivery (see the module).
 
-    ``user_task_ids``: these tasks; default every task the store knows whose last applied
-    status is not final (updated at or after ``since``, if given). ``orders``: also the tasks'
-    orders and calls. ``dry_run``: find, record nothing. ``progress`` is called with each
-    userTaskID as it is done. Vendor errors (after the client's retries) are reported per task
-    and leave that task untouched; a store or queue outage stops the run (it raises).
+    Vendor errors (after the client's retries) are reported per task and leave that task
+    untouched; a store or queue outage stops the run (it raises).
+
+    :param app: the app whose store is reconciled.
+    :param api: the vendor's API client (:func:`api_client` builds it from the settings).
+    :param user_task_ids: these tasks; default every task the store knows whose last applied
+        status is not final.
+    :param since: without ``user_task_ids``, only the tasks updated at or after this time.
+    :param orders: also the tasks' orders and calls.
+    :param dry_run: find the differences, record nothing.
+    :param progress: called with each userTaskID as it is done.
+    :returns: what was looked at, found and could not be done.
+
+    .. versionadded:: 0.1.0
     """
     state = get_state(app)
     report = Report()

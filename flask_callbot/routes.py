@@ -66,9 +66,12 @@ def callback_urls(app: Flask, base_url: str | None = None) -> dict[str, str]:
     (``taskCallbackUrl``, ``orderCallbackUrl``, ``callCallbackUrl``), to pass when creating a
     task or importing orders.
 
-    ``base_url`` is how the vendor reaches the app (``https://crm.example.com``); without it
-    the app's own external URL is used, which needs ``SERVER_NAME`` (and
-    ``PREFERRED_URL_SCHEME``) or a request context.
+    :param app: an app with the blueprint registered.
+    :param base_url: how the vendor reaches the app (``https://crm.example.com``); without it
+        the app's own external URL is used, which needs ``SERVER_NAME`` (and
+        ``PREFERRED_URL_SCHEME``) or a request context.
+
+    .. versionadded:: 0.1.0
     """
     if base_url is None:
         task_url = _external_url(app, _task_rule(app).endpoint)

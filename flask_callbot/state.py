@@ -1,8 +1,8 @@
 """Per-app state, kept in ``app.extensions["callbot"]`` (never on module globals).
 
 Registration builds it whole (settings, store, clock, metrics, Celery dispatcher) and it never
-changes after, with one exception: :func:`bind_dispatcher`, for a host that creates its Celery
-app after registering the blueprint (``init_celery``).
+changes after, with one exception: :func:`bind_dispatcher`, for a host that binds another
+Celery app after registering the blueprint (``init_celery``).
 """
 
 from __future__ import annotations
@@ -58,12 +58,17 @@ def get_state(app: Flask | None = None) -> CallbotState:
 
 def bind_dispatcher(app: Flask, enqueue: Callable[[str], None]) -> None:
     """Give a registered app its Celery dispatcher: the one change to the state after
-    registration (``init_celery`` called by a host whose Celery app came later). The state is
+    registration (``init_celery`` binding another Celery app). The state is
     replaced, not mutated: a request already running keeps the one it started with."""
     app.extensions[EXTENSION_KEY] = dataclasses.replace(get_state(app), enqueue=enqueue)
 
 
 def get_store(app: Flask | None = None) -> StoreReader:
-    """The store of ``app`` (default: the current app), read-only: ask it about tasks, orders,
-    deliveries. Writing is the pipeline's, the dispatchers' and the CLI's (``get_state``)."""
+    """The store of ``app``, read-only: ask it about tasks, orders, deliveries. Writing is the
+    pipeline's, the dispatchers' and the CLI's (``get_state``).
+
+    :param app: an app with the blueprint registered; default: the current app.
+
+    .. versionadded:: 0.1.0
+    """
     return get_state(app).store.reader

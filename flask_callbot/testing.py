@@ -42,8 +42,11 @@ ALL_SIGNALS = tuple(value for value in vars(_signals).values() if isinstance(val
 def task_payload(**overrides: Any) -> dict[str, Any]:
     """A taskCallback body: a task in progress, half its orders finished (counts that add up).
 
-    Keyword arguments replace top-level keys (``taskStatus=3``, ``taskStat=None``). The ids and
-    timestamps are fixed, so tests can name them; every call returns a new dict.
+    The ids and timestamps are fixed, so tests can name them; every call returns a new dict.
+
+    :param overrides: replace top-level keys (``taskStatus=3``, ``taskStat=None``).
+
+    .. versionadded:: 0.1.0
     """
     payload: dict[str, Any] = {
         "callbackType": 1,
@@ -70,8 +73,11 @@ def order_payload(**overrides: Any) -> dict[str, Any]:
     """An orderCallback body: a finished order whose last call was answered by a person.
 
     Several intents (Chinese names, as the scripts write them), an SMS, a human agent and the
-    script's params. Keyword arguments replace top-level keys (``callInfoDetail`` as a whole);
-    edit the returned dict for anything nested.
+    script's params. Edit the returned dict for anything nested.
+
+    :param overrides: replace top-level keys (``callInfoDetail`` as a whole).
+
+    .. versionadded:: 0.1.0
     """
     payload = _order_call_payload(callback_type=2, call_page=False)
     payload.update(overrides)
@@ -81,7 +87,11 @@ def order_payload(**overrides: Any) -> dict[str, Any]:
 def call_payload(**overrides: Any) -> dict[str, Any]:
     """A callCallback body: one answered call attempt (with the call page's line fields).
 
-    The same shape as :func:`order_payload`; keyword arguments replace top-level keys.
+    The same shape as :func:`order_payload`.
+
+    :param overrides: replace top-level keys.
+
+    .. versionadded:: 0.1.0
     """
     payload = _order_call_payload(callback_type=3, call_page=True)
     payload.update(overrides)
@@ -145,9 +155,15 @@ def _order_call_payload(*, callback_type: int, call_page: bool) -> dict[str, Any
 class CallbotClient:
     """Posts callbacks to an app as the vendor does: serialise once, sign those bytes, post them.
 
-    Wraps a Flask test client. ``prefix`` is where the blueprint is mounted; ``clock`` stamps
-    ``createTs`` (give it the app's clock when tests move time). :meth:`for_app` reads all of
-    these from an app set up with ``create_blueprint()``.
+    :meth:`for_app` reads all of these from an app set up with ``create_blueprint()``.
+
+    :param client: a Flask test client.
+    :param secret_key: the key to sign with.
+    :param uuid: the account uuid to sign with.
+    :param prefix: where the blueprint is mounted.
+    :param clock: stamps ``createTs`` (give it the app's clock when tests move time).
+
+    .. versionadded:: 0.1.0
     """
 
     def __init__(
@@ -227,8 +243,12 @@ class SentSignal:
 def record_signals(*signals: NamedSignal, sender: Any = ANY) -> Iterator[list[SentSignal]]:
     """Collect what ``signals`` (default: all of flask_callbot's) send while the block runs.
 
-    Receivers are connected strongly and disconnected on exit; pass ``sender=app`` to see only
-    one app's signals.
+    Receivers are connected strongly and disconnected on exit.
+
+    :param signals: the signals to watch; default: all of flask_callbot's.
+    :param sender: ``app`` to see only one app's signals.
+
+    .. versionadded:: 0.1.0
     """
     chosen = signals or ALL_SIGNALS
     sent: list[SentSignal] = []

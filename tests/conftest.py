@@ -42,7 +42,8 @@ def make_app(tmp_path: Any, clock: Clock, database_url: str) -> Iterator[Callabl
     """Build apps on one store (a second app on the same store is a restart)."""
     apps: list[Flask] = []
 
-    def make(**config: Any) -> Flask:
+    def make(*, celery: Any = None, **config: Any) -> Flask:
+        """``celery``: a Celery app, bound as the Flask docs do (``app.extensions["celery"]``)."""
         app = Flask("callbot_test", instance_path=str(tmp_path / "instance"))
         app.config.update(
             CALLBOT_SECRET_KEY=SECRET,
@@ -50,6 +51,8 @@ def make_app(tmp_path: Any, clock: Clock, database_url: str) -> Iterator[Callabl
             CALLBOT_DATABASE_URL=database_url,
         )
         app.config.update(config)
+        if celery is not None:
+            app.extensions["celery"] = celery
         app.register_blueprint(create_blueprint(clock=clock))
         apps.append(app)
         return app

@@ -5,7 +5,8 @@ the credentials in ``CALLBOT_SECRET_KEY`` / ``CALLBOT_UUID`` (read by the exampl
 ``SERVED_DATABASE_URL``, ``SERVED_SIGNAL_LOG`` (a file every process appends one JSON line per
 signal to), ``SERVED_MARKERS`` (a folder for the one-shot fault receivers),
 ``SERVED_PROCESSING_TIMEOUT``, ``SERVED_BODY_TIMEOUT``; for Celery dispatch ``SERVED_BROKER_URL``
-and ``SERVED_QUEUE`` (see ``served_celery.py`` for the worker's side).
+and ``SERVED_QUEUE`` (the example app's ``CELERY`` config; see ``served_celery.py`` for the
+worker's side).
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
 from flask import Flask
 
 from example_app import create_app as create_example_app
 from flask_callbot import signals
-from flask_callbot.celery_dispatch import init_celery
 from flask_callbot.testing import ALL_SIGNALS
 
 
@@ -37,11 +36,9 @@ def create_app() -> Flask:
             "CALLBOT_CELERY_RETRY_BACKOFF": 1,
             "CALLBOT_CELERY_MAX_RETRIES": int(os.environ.get("SERVED_MAX_RETRIES", "3")),
             "CALLBOT_BODY_TIMEOUT": float(os.environ.get("SERVED_BODY_TIMEOUT", "10")),
+            "CELERY": celery_config(os.environ.get("SERVED_BROKER_URL")),
         }
     )
-    if os.environ.get("SERVED_BROKER_URL"):
-        app.extensions["celery"] = celery_for(os.environ["SERVED_BROKER_URL"])
-        init_celery(app)
     markers = Path(os.environ["SERVED_MARKERS"])
     log_path = os.environ["SERVED_SIGNAL_LOG"]
 
@@ -63,16 +60,18 @@ def create_app() -> Flask:
     return app
 
 
-def celery_for(broker_url: str) -> Celery:
-    """A Celery app on the test broker; one queue per test run keeps runs apart."""
-    celery = Celery("callbot_tests", broker=broker_url)
-    celery.conf.update(
-        task_default_queue=os.environ.get("SERVED_QUEUE", "callbot-tests"),
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-    )
-    return celery
+def celery_config(broker_url: str | None) -> dict[str, Any] | None:
+    """The example app's ``CELERY`` config on the test broker (``None``: inline dispatch); one
+    queue per test run keeps runs apart."""
+    if not broker_url:
+        return None
+    return {
+        "broker_url": broker_url,
+        "task_default_queue": os.environ.get("SERVED_QUEUE", "callbot-tests"),
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
 
 
 def _first_time(marker: Path) -> bool:

@@ -9,6 +9,7 @@ import re
 import socket
 import time
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -171,7 +172,9 @@ def test_tasks_show_status_badges_progress_counts_and_a_timeline(app: Flask) -> 
     t100 = next(row for row in rows(tasks) if row.startswith("crm-campaign-42 T100"))
     assert "In progress" in t100
     assert "5 finished of 10" in t100 and "6 answered of 10" in t100
-    assert "(0 order callbacks here)" in t100
+    # Counted in the store (every process's deliveries), not in this process's memory.
+    assert "(0 order callbacks recorded)" in t100 and "(0 call callbacks recorded)" in t100
+    assert "Completed with orders left" not in tasks
     assert rows(tasks)[0].startswith("other T200")  # most recently updated first
     assert progress_values(tasks) == {
         "Finished orders of crm-campaign-42": 50,
@@ -185,7 +188,7 @@ def test_tasks_show_status_badges_progress_counts_and_a_timeline(app: Flask) -> 
     )
     assert timeline
     steps = [text(li) for li in re.findall(r"<li>.*?</li>", timeline.group(0), re.DOTALL)]
-    assert [re.sub(r"^\d\d:\d\d:\d\d ", "", step) for step in steps] == [
+    assert [re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", step) for step in steps] == [
         "Pending first seen",
         "In progress was Pending",
         "Paused was In progress",
@@ -193,6 +196,48 @@ def test_tasks_show_status_badges_progress_counts_and_a_timeline(app: Flask) -> 
     ]
     assert "Latest change: other is now In progress." in text(html)
     assert "6 callbacks received and 0 refused" in text(html)  # the stale one counts too
+
+
+def test_per_task_counts_come_from_the_store_not_this_process(app: Flask) -> None:
+    """Another process on the same store (another gunicorn worker, say) counts the same."""
+    vendor = Vendor(app)
+    assert_reply(vendor.post("task", task_payload()), 200, 0)
+    for number in range(3):
+        call = order_call_payload(orderID=f"order-{number:04d}")
+        call["callInfoDetail"]["callID"] = f"call-{number:04d}"
+        assert_reply(vendor.post("call", call), 200, 0)
+    order = order_call_payload(orderID="order-0000")
+    order["callInfoDetail"]["callID"] = "call-0000"
+    assert_reply(vendor.post("order", order, request_id="the-order"), 200, 0)
+    assert_reply(vendor.post("order", order, request_id="the-order"), 200, 0)  # a duplicate
+    other_process = create_app()  # the same store, a feed of its own that saw nothing
+    for dashboard in (app, other_process):
+        (t100,) = rows(element(page(dashboard), "table", "tasks"))
+        assert "(1 order callback recorded)" in t100, t100
+        assert "(3 call callbacks recorded)" in t100, t100
+    assert "0 callbacks received" in text(page(other_process))  # its own feed: honest about it
+
+
+@pytest.mark.parametrize(("finished", "rate", "explained"), [(5, 0.5, True), (10, 1.0, False)])
+def test_completed_below_100_percent_is_explained(
+    app: Flask, finished: int, rate: float, explained: bool
+) -> None:
+    stat = {"finishOrderCount": finished, "totalOrderCount": 10, "finishRate": rate}
+    assert_reply(Vendor(app).post("task", task_payload(taskStatus=3, taskStat=stat)), 200, 0)
+    tasks = element(page(app), "table", "tasks")
+    assert "Completed" in tasks
+    note = "Completed with orders left: the task was ended before they were all called"
+    assert (note in text(tasks)) is explained
+    assert "Completed means the task has ended" in text(tasks)  # the caption says it always
+
+
+def test_times_carry_their_date(app: Flask) -> None:
+    assert_reply(Vendor(app).post("task", task_payload()), 200, 0)
+    html = page(app)
+    (t100,) = rows(element(html, "table", "tasks"))
+    assert re.search(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", t100), t100
+    assert re.search(r"Updated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\b", text(html))
+    assert "Times are UTC." in text(html)
 
 
 def test_unknown_status_and_missing_statistics(app: Flask) -> None:
@@ -225,7 +270,8 @@ def test_latest_orders_from_the_store_and_calls_from_the_signals(app: Flask) -> 
     calls = rows(element(html, "table", "calls"))
     assert len(calls) == 2
     assert re.fullmatch(
-        r"\d\d:\d\d:\d\d order-0002 crm-campaign-42 李娜 ••••1234 Not answered \(NO_ANSWER\) none",
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d order-0002 crm-campaign-42 李娜 ••••1234 "
+        r"Not answered \(NO_ANSWER\) none",
         calls[0],
     )
     assert calls[1].endswith(
@@ -308,7 +354,7 @@ def test_live_demo_plays_a_campaign_into_the_dashboard(
     env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--port", "0", "--campaigns", "2", "--orders", "6", "--delay", "0", "--pause", "0"]
-    assert live_demo.main([*argv, "--exit"]) == 0
+    assert live_demo.main(argv) == 0  # --campaigns N: it exits after them (--stay: it waits)
     out = capsys.readouterr().out
     assert re.search(r"^Dashboard: http://127\.0\.0\.1:\d+/dashboard/ ", out, re.MULTILINE)
     assert out.count("every answer as expected") == 2, out
@@ -320,7 +366,7 @@ def test_live_demo_repairs_a_lossy_campaign(
     env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--port", "0", "--campaigns", "1", "--orders", "12", "--delay", "0", "--drop", "0.3"]
-    assert live_demo.main([*argv, "--exit"]) == 0
+    assert live_demo.main(argv) == 0
     out = capsys.readouterr().out
     assert "every answer as expected" in out
     lost = re.search(r"campaign 1: (\d+) callbacks lost; reconciliation recorded (\d+): (.*)", out)
@@ -329,6 +375,23 @@ def test_live_demo_repairs_a_lossy_campaign(
     assert lost[3] == "the store matches the vendor"
     [task] = get_store(create_app()).list_tasks()
     assert task.status is TaskStatus.COMPLETED
+
+
+def test_the_docs_list_every_live_demo_option() -> None:
+    quickstart = Path(__file__).resolve().parent.parent / "docs" / "quickstart.md"
+    section = (
+        quickstart.read_text(encoding="utf-8")
+        .split("## Live dashboard demo", 1)[1]
+        .split("\n## ", 1)[0]
+    )
+    options = [
+        option
+        for action in live_demo.build_parser()._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    ]
+    assert len(options) == 10
+    assert [option for option in options if f"`{option}" not in section] == []
 
 
 def test_live_demo_signs_with_the_apps_own_credentials(env: pytest.MonkeyPatch) -> None:
@@ -351,5 +414,5 @@ def test_live_demo_says_when_the_port_is_busy(
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        assert live_demo.main(["--port", str(port), "--exit"]) == 1
+        assert live_demo.main(["--port", str(port), "--campaigns", "1"]) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

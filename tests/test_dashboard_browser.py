@@ -181,3 +181,43 @@ def test_the_dashboard_fits_a_phone(browser: Browser, app: Flask) -> None:
         assert page.locator("#tasks tbody .finish progress").evaluate("e => e.value") == 100
         assert watcher.problems == []
         watcher.page.close()
+
+
+#: Words of the tables and timeline titles drawn over more than one line (a word cut mid-word).
+CUT_WORDS = """() => {
+  const cut = [];
+  const cells = document.querySelectorAll("table th, table td, .timeline-card h3");
+  for (const cell of cells) {
+    if (cell.getBoundingClientRect().width <= 1) continue;  // a card layout's hidden header
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const match of node.textContent.matchAll(/\\S+/g)) {
+        const range = document.createRange();
+        range.setStart(node, match.index);
+        range.setEnd(node, match.index + match[0].length);
+        const lines = new Set([...range.getClientRects()].map((rect) => Math.round(rect.top)));
+        if (lines.size > 1) cut.push(match[0]);
+      }
+    }
+  }
+  return cut;
+}"""
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (760, 900), (375, 740)])
+def test_no_word_is_cut_across_lines(browser: Browser, app: Flask, width: int, height: int) -> None:
+    """Headers, task ids and times wrap between words, at desktop, tablet and phone widths."""
+    with live_demo.Server(app, port=0) as server:
+        thread, outcome = play_in_background(app, server.url, orders=6, delay=0)
+        thread.join(timeout=30)
+        assert outcome and isinstance(outcome[0], Summary) and outcome[0].ok, outcome
+        watcher = Watcher(browser, width, height)
+        page = watcher.page
+        page.goto(f"{server.url}/dashboard/")
+        page.wait_for_timeout(400)  # a refresh swapped in
+        assert page.locator("#tasks tbody tr").count() == 1
+        assert page.evaluate(CUT_WORDS) == []
+        overflow = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        assert overflow[0] <= overflow[1], overflow
+        assert watcher.problems == []
+        watcher.page.close()

@@ -30,27 +30,68 @@ def test_dispatch_must_be_inline_or_celery(make_app: Callable[..., Flask]) -> No
         make_app(CALLBOT_DISPATCH="celery", CALLBOT_CELERY_MAX_RETRIES=-1)
 
 
-def test_celery_mode_without_a_bound_celery_app_acknowledges_nothing(
+def unreachable_celery(name: str = "unreachable") -> Celery:
+    """A Celery app whose broker refuses connections: every publish fails."""
+    celery = Celery(name, broker="redis://127.0.0.1:1/0")
+    celery.conf.broker_connection_timeout = 1
+    return celery
+
+
+def test_celery_mode_without_a_celery_app_is_refused_at_registration(
+    make_app: Callable[..., Flask],
+) -> None:
+    """Registration refuses it: else every callback would be answered 503 until noticed."""
+    with pytest.raises(ConfigurationError, match=r"no Celery app is bound: put it in app\.exten"):
+        make_app(CALLBOT_DISPATCH="celery")
+
+
+def test_celery_mode_without_celery_installed_names_the_extra(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, "flask_callbot.celery_dispatch", raising=False)
+    monkeypatch.setitem(sys.modules, "celery", None)  # as if it were not installed
+    with pytest.raises(
+        ConfigurationError, match=r"needs Celery: pip install 'flask-callbot\[celery"
+    ):
+        make_app(CALLBOT_DISPATCH="celery", celery=object())
+
+
+def test_sweep_without_celery_installed_names_the_extra(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app()
+    monkeypatch.delitem(sys.modules, "flask_callbot.celery_dispatch", raising=False)
+    monkeypatch.setitem(sys.modules, "celery", None)  # as if it were not installed
+    result = app.test_cli_runner().invoke(args=["callbot", "sweep"])
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "sweep is for Celery dispatch: pip install 'flask-callbot[celery]'" in result.output
+
+
+def test_sweep_needs_celery_dispatch(make_app: Callable[..., Flask]) -> None:
+    result = make_app().test_cli_runner().invoke(args=["callbot", "sweep"])
+    assert result.exit_code == 1
+    assert 'sweep needs CALLBOT_DISPATCH = "celery" and init_celery(app)' in result.output
+
+
+def test_celery_mode_with_the_broker_down_acknowledges_nothing(
     make_app: Callable[..., Flask], sender: Sender
 ) -> None:
-    app = make_app(CALLBOT_DISPATCH="celery")
+    app = make_app(CALLBOT_DISPATCH="celery", celery=unreachable_celery())
     client = Sender(app.test_client(), sender.clock)
     with record_signals(sender=app) as sent:
         reply = client.post("task", task_payload(), request_id="unbound")
-    assert "init_celery" in assert_reply(reply, 503, 7)["retMsg"]
+    assert assert_reply(reply, 503, 7)["retMsg"] == "the task queue is unavailable; retry later"
     assert sent == []
     delivery = get_store(app).get_delivery("unbound")
     assert (delivery.outcome, delivery.enqueued_at, delivery.attempts) == ("queued", None, 0)
-    result = app.test_cli_runner().invoke(args=["callbot", "sweep"])
-    assert result.exit_code == 1
-    assert 'sweep needs CALLBOT_DISPATCH = "celery" and init_celery(app)' in result.output
 
 
 def test_a_queued_delivery_is_taken_inline_once_dispatch_is_inline_again(
     make_app: Callable[..., Flask], sender: Sender
 ) -> None:
     """Switching back to inline dispatch leaves no delivery stranded in the queue state."""
-    queued_app = make_app(CALLBOT_DISPATCH="celery")
+    queued_app = make_app(CALLBOT_DISPATCH="celery", celery=unreachable_celery())
     Sender(queued_app.test_client(), sender.clock).post("task", task_payload(), request_id="q")
     inline_app = make_app()
     with record_signals(sender=inline_app) as sent:
@@ -78,17 +119,19 @@ def test_registration_binds_the_flask_docs_celery_app(tmp_path: Path) -> None:
 def test_init_celery_after_registration_gives_the_state_its_dispatcher(
     make_app: Callable[..., Flask],
 ) -> None:
-    """For a Celery app made after the blueprint: the one change to a registered app's state,
-    made by replacing it (a request already running keeps the state it began with)."""
-    app = make_app(CALLBOT_DISPATCH="celery")
+    """Binding another Celery app to a registered app: the one change to its state, made by
+    replacing it (a request already running keeps the state it began with)."""
+    app = make_app(
+        CALLBOT_DISPATCH="celery", celery=Celery("first", broker="redis://127.0.0.1:1/0")
+    )
     before = app.extensions["callbot"]
-    assert before.enqueue is None
+    assert before.enqueue is not None
     celery = Celery("late", broker="redis://127.0.0.1:1/0")  # never connected here
     init_celery(app, celery)
     after = app.extensions["callbot"]
     assert {PROCESS_TASK, SWEEP_TASK} <= set(celery.tasks)
     assert after.enqueue is not None
-    assert before.enqueue is None
+    assert after.enqueue is not before.enqueue
     assert (after.settings, after.store, after.clock) == (
         before.settings,
         before.store,

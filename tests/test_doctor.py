@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
+from celery import Celery
 from click.testing import Result
 from flask import Flask
 
-from flask_callbot.diagnostics import Step, StepStatus, check_configuration
+from flask_callbot.diagnostics import Step, StepStatus, check_configuration, check_dispatch
 from flask_callbot.state import get_state
 from flask_callbot.store import SCHEMA_VERSION
 
 from support import NOW, SECRET, Clock
+
+REDIS_URL = os.environ.get("CALLBOT_TEST_REDIS_URL")
 
 
 def doctor(app: Flask, *args: str) -> Result:
@@ -48,8 +52,10 @@ def test_a_sound_configuration(app: Flask) -> None:
         "store": ["OK"],
         **({"disk": ["OK"]} if on_a_file else {}),
         "clock": ["OK"],
+        "dispatch": ["OK"],
     }
     assert "OK      secret key: 32 characters (u7Mf…GSr)" in result.output
+    assert "OK      dispatch: inline: receivers run in the request" in result.output
     assert "OK      algorithm: MD5 accepted and available" in result.output
     assert "tables not created yet" in result.output
     assert "window 300 s back, 60 s ahead" in result.output
@@ -100,6 +106,39 @@ def test_a_password_is_never_shown(make_app: Callable[..., Flask]) -> None:
         result.output
     )
     assert "hunter2secret" not in result.output
+
+
+def test_celery_dispatch_with_its_broker_down(make_app: Callable[..., Flask]) -> None:
+    celery = Celery("down", broker="redis://:hunter2secret@127.0.0.1:1/0")
+    app = make_app(CALLBOT_DISPATCH="celery", celery=celery)
+    result = doctor(app)
+    assert result.exit_code == 1
+    assert "PROBLEM dispatch: celery: broker redis://:**@127.0.0.1:1/0 unreachable (" in (
+        result.output
+    )
+    assert "): callbacks would be answered 503" in result.output
+    assert "hunter2secret" not in result.output
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="set CALLBOT_TEST_REDIS_URL to run the Celery tests")
+def test_celery_dispatch_with_its_broker_up(make_app: Callable[..., Flask]) -> None:
+    celery = Celery("up", broker=REDIS_URL)
+    app = make_app(CALLBOT_DISPATCH="celery", celery=celery)
+    result = doctor(app)
+    assert "OK      dispatch: celery: broker redis://" in result.output
+    assert " reachable\n" in result.output
+    celery.close()
+
+
+def test_celery_dispatch_without_a_celery_app(app: Flask) -> None:
+    """Registration refuses it; a state built another way is still reported."""
+    state = get_state(app)
+    settings = dataclasses.replace(state.settings, dispatch="celery")
+    assert check_dispatch(settings, bound=False) == Step(
+        StepStatus.PROBLEM,
+        "dispatch",
+        "celery, but no Celery app is bound: every callback would be answered 503",
+    )
 
 
 def test_the_clock(app: Flask, clock: Clock) -> None:

@@ -565,7 +565,7 @@ def test_the_shipped_threaded_config_holds_stalled_bodies_and_logs_them_as_incom
     assert result.success == 1.0, result.line()
     assert stalled.reopened >= 32  # each freed its thread after CALLBOT_BODY_TIMEOUT (1 s)
     log = server_log(server)
-    assert "outcome=incomplete status=400 ret_code=3" in log
+    assert "outcome=incomplete http_status=400 ret_code=3" in log
     assert "reason=incomplete-body" in log
     assert "outcome=error" not in log
 
@@ -581,7 +581,7 @@ def test_a_body_cut_short_by_the_sync_worker_timeout_is_logged_as_incomplete(
             assert time.monotonic() < deadline, server_log(server)
             time.sleep(0.2)
     log = server_log(server)
-    assert "outcome=incomplete status=None ret_code=None" in log, log
+    assert "outcome=incomplete http_status=None ret_code=None" in log, log
     assert "reason=incomplete-body" in log
     assert "outcome=error" not in log
     assert stalled.reopened >= 1

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from celery import Celery
 from flask import Flask
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -60,7 +61,7 @@ def test_every_outcome_is_one_structured_line(
         assert isinstance(fields["latency_ms"], float) and fields["latency_ms"] >= 0
         assert record.getMessage().startswith(
             f"callbot request_id={fields['request_id']} kind={fields['kind']} "
-            f"outcome={fields['outcome']} status={fields['http_status']} "
+            f"outcome={fields['outcome']} http_status={fields['http_status']} "
             f"ret_code={fields['ret_code']} latency_ms="
         )
     accepted, _, _, bad_sign, bad_body = (r.callbot for r in records)  # type: ignore[attr-defined]
@@ -114,7 +115,8 @@ def test_a_delivery_held_by_another_worker_is_busy(
 def test_queue_unavailable_is_its_own_outcome(
     make_app: Callable[..., Flask], clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = make_app(CALLBOT_DISPATCH="celery")  # no Celery app bound: nothing can be enqueued
+    unreachable = Celery("unreachable", broker="redis://127.0.0.1:1/0")  # nothing can be enqueued
+    app = make_app(CALLBOT_DISPATCH="celery", celery=unreachable)
     caplog.set_level(logging.DEBUG, logger="flask_callbot")
     assert_reply(Sender(app.test_client(), clock).post("task", task_payload()), 503, 7)
     (record,) = lines(caplog)

@@ -73,16 +73,14 @@ def test_fixtures_work_in_a_user_suite(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=4)
 
 
-def test_the_readme_example_runs_as_written(pytester: pytest.Pytester) -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Testing your receivers", 1)[1]
-    example = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert example, "the Testing section has a Python example"
-    code = example[1]
+def test_the_docs_example_runs_as_written(pytester: pytest.Pytester) -> None:
+    section = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    conftest, code = re.findall(r"```python\n(.*?)```", section, re.DOTALL)[:2]
+    assert conftest.startswith("# conftest.py\n"), "the docs show the app fixture they need"
     assert "callbot_client" in code
     test_lines = [line for line in code.splitlines() if line.strip()]
-    assert len(test_lines) <= 5, "the README promises a five-line test"
-    pytester.makeconftest(USER_CONFTEST)
+    assert len(test_lines) <= 5, "the docs promise a five-line test"
+    pytester.makeconftest(conftest)
     pytester.makepyfile(test_readme=code)
     result = pytester.runpytest(*STRICT, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)

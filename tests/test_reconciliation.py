@@ -18,11 +18,12 @@ import pytest
 from celery import Celery
 from flask import Flask
 
-from flask_callbot import DeliveryState, TaskStatus, get_store, signals
-from flask_callbot.celery_dispatch import RECONCILE_TASK, init_celery
+from flask_callbot import DeliveryState, TaskStatus, create_blueprint, get_store, signals
+from flask_callbot.celery_dispatch import RECONCILE_TASK
 from flask_callbot.client import CallbotAPI
 from flask_callbot.reconcile import REQUEST_ID_PREFIX, api_client, reconcile
 from flask_callbot.simulator import Campaign, build_campaign, differences, run_campaign, vendor_book
+from flask_callbot.state import get_state
 from flask_callbot.testing import SentSignal, record_signals, task_payload
 from flask_callbot.vendor_api import FakeVendor, VendorBook, serve_vendor_api
 
@@ -397,15 +398,26 @@ def test_the_reconcile_command_fails_on_vendor_errors(
 
 
 def test_the_beat_task_reconciles_the_lookback(
-    make_app: Any, api_url: str, clock: Clock, vendor: FakeVendor
+    database_url: str,
+    tmp_path: Any,
+    api_url: str,
+    clock: Clock,
+    vendor: FakeVendor,
+    request: pytest.FixtureRequest,
 ) -> None:
-    celery = Celery("beat-test", broker="memory://")
-    app = make_app(
+    app = Flask("beat", instance_path=str(tmp_path / "instance"))
+    app.config.update(
+        CALLBOT_SECRET_KEY=SECRET,
+        CALLBOT_UUID=UUID,
+        CALLBOT_DATABASE_URL=database_url,
         CALLBOT_API_BASE_URL=api_url,
         CALLBOT_DISPATCH="celery",
         CALLBOT_RECONCILE_LOOKBACK=3600,
     )
-    init_celery(app, celery)
+    celery = Celery("beat-test", broker="memory://")
+    app.extensions["celery"] = celery
+    app.register_blueprint(create_blueprint(clock=clock))
+    request.addfinalizer(get_state(app).store.dispose)
     sender = Sender(app.test_client(), clock)
     for number, age in enumerate((7200, 60)):
         payload = task_payload(taskID=f"T{number}", userTaskID=f"u{number}", taskStatus=2)

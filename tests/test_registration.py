@@ -62,6 +62,14 @@ def test_bad_values_are_named(tmp_path: Any, config: dict[str, Any], key: str) -
         app.register_blueprint(create_blueprint())
 
 
+def test_a_postgres_url_says_which_form_to_write(tmp_path: Any) -> None:
+    """Heroku's ``postgres://`` has no SQLAlchemy dialect: say what to write instead."""
+    url = "postgres://app@db/callbot"
+    app = new_app(tmp_path, CALLBOT_SECRET_KEY=SECRET, CALLBOT_UUID=UUID, CALLBOT_DATABASE_URL=url)
+    with pytest.raises(ConfigurationError, match=r"write the URL as postgresql\+psycopg://"):
+        app.register_blueprint(create_blueprint())
+
+
 def test_default_store_is_sqlite_in_the_instance_folder(tmp_path: Any) -> None:
     app = new_app(tmp_path, CALLBOT_SECRET_KEY=SECRET, CALLBOT_UUID=UUID)
     app.register_blueprint(create_blueprint(clock=Clock()))

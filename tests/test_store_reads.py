@@ -99,3 +99,22 @@ def test_list_orders_newest_first_by_task_and_by_kind(
         ("o2", CallbackKind.ORDER),
     ]
     assert [o.order_id for o in reader.list_orders(limit=1)] == ["o3"]
+
+
+def test_deliveries_are_counted_per_task_and_kind(app: Flask, sender: Sender, clock: Clock) -> None:
+    assert_reply(sender.post("task", task_payload(), request_id="t1"), 200, 0)
+    assert_reply(sender.post("call", call_payload(orderID="o1"), request_id="c1"), 200, 0)
+    assert_reply(sender.post("call", call_payload(orderID="o1"), request_id="c1"), 200, 0)
+    clock.now += 1
+    assert_reply(sender.post("call", call_payload(orderID="o1"), request_id="c2"), 200, 0)
+    assert_reply(sender.post("order", order_payload(orderID="o1"), request_id="o1"), 200, 0)
+    other = order_payload(orderID="o9", taskID="T200")
+    assert_reply(sender.post("order", other, request_id="o9"), 200, 0)
+    reader = get_store(app)
+    assert reader.count_deliveries("T100") == {
+        CallbackKind.TASK: 1,
+        CallbackKind.ORDER: 1,
+        CallbackKind.CALL: 2,  # the duplicate of c1 is not counted again
+    }
+    assert reader.count_deliveries("T200")[CallbackKind.ORDER] == 1
+    assert set(reader.count_deliveries("none").values()) == {0}

@@ -220,10 +220,17 @@ def test_an_unknown_route_needs_kind(verify: Callable[..., Result]) -> None:
     body = serialize(task_payload())
     capture = raw_http(body, signed(body), path="/somewhere/else")
     result = verify(capture)
-    assert result.exit_code == 0  # the body is not checked, but nothing failed
+    assert result.exit_code == 1  # the body is not checked: no claim that it is accepted
     assert "SKIP    body: the route is unknown: give --kind" in result.output
     assert "(callback of unknown kind)" in result.output
-    assert "OK      body" in verify(capture, "--kind", "task").output
+    assert "accepts" not in result.output
+    assert result.output.endswith(
+        "verdict: undecided: the body was not checked; give --kind task|order|call\n"
+    )
+    with_kind = verify(capture, "--kind", "task")
+    assert with_kind.exit_code == 0
+    assert "OK      body" in with_kind.output
+    assert "verdict: verifies: the receiver accepts it (200 retCode 0)" in with_kind.output
 
 
 def test_a_body_over_the_limit(make_app: Callable[..., Flask], tmp_path: Path) -> None:

@@ -107,6 +107,11 @@ class StoreReader:
         died, or could not write their outcome (the ``callbot_abandoned_deliveries`` gauge)."""
         return queries.count_abandoned(self._db, now=now, lease=lease)
 
+    def count_deliveries(self, task_id: str) -> dict[CallbackKind, int]:
+        """How many deliveries of each kind are recorded for one task: every authentic callback
+        once (duplicates are not counted again), whichever process received it."""
+        return queries.count_deliveries(self._db, task_id)
+
     def count_prunable(self, *, before: datetime, include_failed: bool = False) -> int:
         """How many deliveries :meth:`Store.prune` with the same arguments would delete."""
         return queries.count_prunable(self._db, before=before, include_failed=include_failed)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError, StoreUnavailable
@@ -36,6 +36,8 @@ _READ_ONLY = "callbot_read_only"
 #: How an SQLite writing transaction begins: the write lock up front, so two read-then-write
 #: transactions never deadlock (both Database.writing and Database.writing_on_driver).
 _BEGIN_WRITING = "BEGIN IMMEDIATE"
+#: The PostgreSQL driver flask-callbot[postgres] installs.
+_PSYCOPG = "postgresql+psycopg"
 
 
 class Database:
@@ -64,6 +66,9 @@ class Database:
         self._driver_statements: dict[tuple[Any, tuple[str, ...]], DriverStatement] = {}
         self._driver_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
         self._begin_writing = _BEGIN_WRITING if self.engine.dialect.name == "sqlite" else None
+        # An app dropped without store.dispose() (a test's, say) closes its pooled connections
+        # instead of leaving them to the garbage collector (a ResourceWarning since Python 3.13).
+        weakref.finalize(self, self.engine.dispose)
         # A server forking after the store was made (gunicorn --preload) must not share
         # connections with its parent: children drop the inherited pool without closing it.
         # (Windows has no fork, nor this hook.)
@@ -379,7 +384,7 @@ def create_engine(
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except (sa_exc.ArgumentError, ImportError, TypeError) as exc:
-        hint = " (install flask-callbot[postgres])" if "psycopg" in str(exc) else ""
+        hint = _url_hint(parsed, exc)
         raise ConfigurationError(
             f"CALLBOT_DATABASE_URL / CALLBOT_ENGINE_OPTIONS: cannot create the engine: {exc}{hint}"
         ) from exc
@@ -419,6 +424,16 @@ def _ping_when_idle(engine: Engine) -> None:
         except engine.dialect.loaded_dbapi.Error as exc:
             # The pool drops this connection and hands out a fresh one (SQLAlchemy's rule).
             raise sa_exc.DisconnectionError(f"{type(exc).__name__} on ping") from exc
+
+
+def _url_hint(url: URL, exc: Exception) -> str:
+    """The usual slips: a ``postgres://`` URL (Heroku's form, no dialect of that name) or
+    another PostgreSQL driver than the one ``flask-callbot[postgres]`` installs."""
+    if url.get_backend_name() in ("postgres", "postgresql") and url.drivername != _PSYCOPG:
+        return (
+            f" (write the URL as {_PSYCOPG}://...: psycopg 3, installed by flask-callbot[postgres])"
+        )
+    return " (install flask-callbot[postgres])" if "psycopg" in str(exc) else ""
 
 
 def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:

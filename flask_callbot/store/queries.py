@@ -172,6 +172,17 @@ def count_failed(db: Database) -> int:
         return int(conn.execute(query).scalar_one())
 
 
+def count_deliveries(db: Database, task_id: str) -> dict[CallbackKind, int]:
+    query = (
+        sa.select(deliveries.c.kind, sa.func.count())
+        .where(deliveries.c.task_id == task_id)
+        .group_by(deliveries.c.kind)
+    )
+    with db.reading() as conn:
+        counted = {kind: int(count) for kind, count in conn.execute(query)}
+    return {kind: counted.get(kind.value, 0) for kind in CallbackKind}
+
+
 def count_prunable(db: Database, *, before: datetime, include_failed: bool = False) -> int:
     query = sa.select(sa.func.count()).where(_prunable(before, include_failed))
     with db.reading() as conn:

@@ -69,6 +69,8 @@ class NewDelivery:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoredDelivery:
+    """One recorded delivery: headers, raw body, outcome, attempts, the task transition."""
+
     request_id: str
     kind: CallbackKind
     task_id: str | None
