@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import select
+import selectors
 import socket
 import subprocess
 import threading
@@ -166,17 +167,22 @@ class CuttableLink:
 
     @staticmethod
     def _pipe(a: socket.socket, b: socket.socket) -> None:
+        # A selector (epoll), not select.select(): late in a long run the process's descriptors
+        # pass 1,024, which select() refuses, and the relay would drop every connection.
+        selector = selectors.DefaultSelector()
         try:
+            selector.register(a, selectors.EVENT_READ, b)
+            selector.register(b, selectors.EVENT_READ, a)
             while True:
-                ready, _, _ = select.select([a, b], [], [])
-                for source in ready:
-                    data = source.recv(65536)
+                for key, _ in selector.select():
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
                     if not data:
                         return
-                    (b if source is a else a).sendall(data)
+                    key.data.sendall(data)
         except (OSError, ValueError):
             return
         finally:
+            selector.close()
             a.close()
             b.close()
 
