@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +89,7 @@ def test_a_database_made_before_alembic_is_taken_over_untouched(
         )
         conn.execute(
             sa.text("INSERT INTO callbot_schema_version VALUES (3, :at)"),
-            {"at": datetime(2026, 1, 1)},
+            {"at": "2026-01-01 00:00:00"},
         )
     app = make_app(CALLBOT_MANAGE_SCHEMA=False)
     sender = Sender(app.test_client(), clock)

@@ -267,7 +267,7 @@ def _as_made_before_alembic(conn: sa.Connection, version: int) -> None:
     )
     conn.execute(
         sa.text("INSERT INTO callbot_schema_version VALUES (:v, :at)"),
-        {"v": version, "at": datetime(2026, 1, 1)},
+        {"v": version, "at": "2026-01-01 00:00:00"},
     )
 
 
