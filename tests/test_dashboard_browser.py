@@ -170,11 +170,17 @@ def test_the_dashboard_fits_a_phone(browser: Browser, app: Flask) -> None:
         assert page.locator("#tasks tbody tr").count() == 1
         overflow = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
         assert overflow[0] <= overflow[1], overflow
-        # Rows became cards: column headers hidden, each cell labelled by its column.
-        assert page.locator("#tasks thead").evaluate("e => e.getBoundingClientRect().width") <= 1
-        label = page.locator("#tasks tbody td.status").evaluate(
-            "e => getComputedStyle(e, '::before').content"
+        # Rows became cards: column headers hidden, each cell labelled by its column. Looked up
+        # and measured in one script: a refresh in between would leave a detached element,
+        # which has no layout and no computed style.
+        header_width, label = page.evaluate(
+            """() => [
+                document.querySelector("#tasks thead").getBoundingClientRect().width,
+                getComputedStyle(document.querySelector("#tasks tbody td.status"), "::before")
+                    .content,
+            ]"""
         )
+        assert header_width <= 1
         assert label == '"Status: "'
         badge = page.locator("#tasks tbody .badge")
         assert badge.inner_text() == "Completed" and badge.is_visible()
