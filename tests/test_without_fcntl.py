@@ -24,7 +24,7 @@ SCRIPT = """
 import json, os, sys, threading
 from flask import Flask
 from flask_callbot import create_blueprint, get_store, signals
-from flask_callbot.store import engine
+from flask_callbot.store import writer
 from flask_callbot.testing import CallbotClient, order_payload, task_payload
 
 database = sys.argv[1]
@@ -51,7 +51,7 @@ for thread in threads:
 for thread in threads:
     thread.join()
 print(json.dumps({
-    "fcntl": engine.fcntl is not None,
+    "fcntl": writer.fcntl is not None,
     "writer_lock_file": os.path.exists(database + ".writer-lock"),
     "replies": replies,
     "received": sorted(received),

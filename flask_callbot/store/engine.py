@@ -1,12 +1,14 @@
-"""The engine and its transactions: backend tuning, the SQLite writers' turn, writing and
-reading transactions, the hot path's writing transactions on the driver's own connection, the
-schema made ready on first use, database errors as StoreUnavailable, and a fresh pool in a
-forked child."""
+"""The engine and its transactions: backend tuning, writing and reading transactions (on
+SQLite in the writers' turn, see :mod:`.writer`), the hot path's writing transactions on the
+driver's own connection, the schema made ready on first use, database errors as
+StoreUnavailable, and a fresh pool in a forked child."""
 
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -22,12 +24,15 @@ from sqlalchemy.pool import StaticPool
 
 from ..errors import ConfigurationError, StoreUnavailable
 from . import space
+from .connections import (
+    ConnectionSource,
+    KeptConnection,
+    Lease,
+    PooledConnections,
+    detached_connection,
+)
 from .schema import HEAD_REVISION, read_revision, read_version, version_problem
-
-try:
-    import fcntl
-except ImportError:  # not POSIX (Windows): SQLite's own locking serves, see _writers_turn
-    fcntl = None  # type: ignore[assignment]
+from .writer import WritersTurn
 
 _T = TypeVar("_T")
 
@@ -60,7 +65,13 @@ class Database:
         )
         #: ``CALLBOT_MANAGE_SCHEMA``: whether first use creates or upgrades the tables.
         self.manage_schema = manage_schema
-        self._writers_turn = _writers_turn(self.engine)
+        #: SQLite file stores: writers take turns (``with db.turn:``); on an engine of the
+        #: store's own the turn grants the hot path's connection.
+        self.turn = _writers_turn(self.engine, writes_on_its_own=self.owns_engine)
+        #: Where the hot path's transactions get their connection (see :mod:`.connections`).
+        self.hot_connections = _hot_connections(
+            self.engine, self.turn, owns_engine=self.owns_engine
+        )
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._driver_statements: dict[tuple[Any, tuple[str, ...]], DriverStatement] = {}
@@ -80,7 +91,7 @@ class Database:
     def writing(self) -> Iterator[Connection]:
         """A writing transaction: on SQLite, the writers' turn and BEGIN IMMEDIATE."""
         self._ensure_schema()
-        with self._translate_errors(), self._writers_turn():
+        with self._translate_errors(), self.turn:
             try:
                 with self.engine.begin() as conn:
                     yield conn
@@ -91,52 +102,68 @@ class Database:
 
     @contextmanager
     def writing_on_driver(self) -> Iterator[DriverTransaction]:
-        """A writing transaction like :meth:`writing`, its statements run on the pooled DB-API
+        """A writing transaction like :meth:`writing`, its statements run on a DB-API
         connection: the hot path's per-request statements, which would otherwise spend most of
         their time in SQLAlchemy's per-execution machinery.
 
-        The same pool (checkout, reset on return), the same writers' turn and BEGIN,
+        The connection is the writer's on an SQLite file store of the store's own engine (see
+        :mod:`.writer`), else one checked out of the pool. The same writers' turn and BEGIN,
         and the same errors: a driver error is wrapped as SQLAlchemy would wrap it (its message
-        without the statement's values: ``hide_parameters``), a lost connection is invalidated,
-        and unavailability is :class:`StoreUnavailable`.
+        without the statement's values: ``hide_parameters``), a lost connection is dropped, and
+        unavailability is :class:`StoreUnavailable`.
         """
-        self._ensure_schema()
-        with self._translate_errors(), self._writers_turn():
-            try:
-                fairy = self.engine.raw_connection()
-            except self._driver_error as exc:  # connecting: the pool leaves it unwrapped
-                raise self._wrapped(exc, None, invalidated=False) from exc
-            transaction = DriverTransaction(self)
-            failed: Exception | None = None
-            try:
-                transaction.cursor = fairy.cursor()
-                if self._begin_writing is not None:
-                    transaction.cursor.execute(self._begin_writing)
-                yield transaction
-                transaction.sql = "COMMIT"
-                fairy.commit()
-            except self._driver_error as exc:
-                failed = exc
-                invalidated = self.engine.dialect.is_disconnect(
-                    exc,  # type: ignore[arg-type]  # the driver's Error: what the dialect expects
-                    fairy.dbapi_connection,
-                    transaction.cursor,
-                )
-                if invalidated:
-                    fairy.invalidate(exc)
-                    if self.owns_engine:  # the others are likely dead too: connect afresh
+        if not self._schema_ready:
+            self._ensure_schema()
+        try:
+            with self.turn:
+                transaction = DriverTransaction(self, self._lease())
+                try:
+                    if self._begin_writing is not None:
+                        transaction.run(self._begin_writing)
+                    yield transaction
+                    transaction.sql = "COMMIT"
+                    transaction.connection.commit()
+                    transaction.committed = True
+                except self._driver_error as exc:
+                    lost = self._is_lost(transaction, exc)
+                    transaction.end(lost=lost)
+                    if lost and self.owns_engine:  # the others are likely dead too
                         self.engine.dispose()
-                failure = self._wrapped(exc, transaction.sql, invalidated=invalidated)
-            finally:
-                fairy.close()  # back to the pool, which rolls back whatever was not committed
-            if failed is not None:
-                if (
-                    isinstance(failure, sa_exc.OperationalError)
-                    and self.sqlite_file is not None
-                    and space.out_of_space(failure)
-                ):
-                    self._make_room(self.sqlite_file)  # as writing() does
-                raise failure from failed
+                    raise self._failure(exc, transaction.sql, invalidated=lost) from exc
+                finally:
+                    transaction.end()
+        except _DATABASE_ERRORS as exc:
+            unavailable = _unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+
+    def _lease(self) -> Lease:
+        try:
+            return self.hot_connections.take()
+        except self._driver_error as exc:  # connecting: the pool leaves it unwrapped
+            raise self._failure(exc, None, invalidated=False) from exc
+
+    def _is_lost(self, transaction: DriverTransaction, exc: Exception) -> bool:
+        """Whether the driver error ``exc`` lost the transaction's connection."""
+        return bool(
+            self.engine.dialect.is_disconnect(
+                exc,  # type: ignore[arg-type]  # the driver's Error: what the dialect expects
+                transaction.connection,
+                transaction.cursor,
+            )
+        )
+
+    def _failure(self, exc: Exception, sql: str | None, *, invalidated: bool) -> Exception:
+        """A driver error as SQLAlchemy raises it; out of space, the WAL's room made first."""
+        failure = self._wrapped(exc, sql, invalidated=invalidated)
+        if (
+            isinstance(failure, sa_exc.OperationalError)
+            and self.sqlite_file is not None
+            and space.out_of_space(failure)
+        ):
+            self._make_room(self.sqlite_file)  # as writing() does
+        return failure
 
     def _wrapped(self, exc: Exception, sql: str | None, *, invalidated: bool) -> Exception:
         """A driver error as SQLAlchemy raises it (the statement without its values)."""
@@ -184,13 +211,15 @@ class Database:
         reopen the connections, which bound their WAL by the free space they find."""
         if space.make_room(path) and self.owns_engine:  # a host's pool is the host's to reset
             self.engine.dispose()
+            if isinstance(self.turn, WritersTurn):  # (made room within the turn)
+                self.turn.reconnect()
 
     def create_schema(self) -> None:
         """Create or upgrade the tables to the package's Alembic head (idempotent, one process at
         a time across hosts: see :func:`.migrate.upgrade`). Current tables cost one read, and
         Alembic is imported only when they are not."""
         # A host's SQLite engine begins deferred (no BEGIN IMMEDIATE): take the writers' turn.
-        turn = contextlib.nullcontext() if self.owns_engine else self._writers_turn()
+        turn = contextlib.nullcontext() if self.owns_engine else self.turn
         with self._translate_errors(), turn, self.engine.begin() as conn:
             if read_revision(conn) != HEAD_REVISION:
                 from .migrate import upgrade
@@ -229,6 +258,9 @@ class Database:
             raise StoreUnavailable(f"{type(exc).__name__}: {reason}") from exc
 
     def dispose(self) -> None:
+        self.hot_connections.close()
+        if isinstance(self.turn, WritersTurn):
+            self.turn.close()
         if self.owns_engine:
             self.engine.dispose()
 
@@ -244,13 +276,25 @@ class Database:
     def _translate_errors(self) -> Iterator[None]:
         try:
             yield
-        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
-            message = f"the callbot store is unavailable ({type(exc).__name__})"
-            raise StoreUnavailable(message) from exc
-        except sa_exc.DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StoreUnavailable("the callbot store connection was lost") from exc
-            raise
+        except _DATABASE_ERRORS as exc:
+            unavailable = _unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+
+
+#: The errors _unavailable looks at.
+_DATABASE_ERRORS = (sa_exc.DBAPIError, sa_exc.TimeoutError)
+
+
+def _unavailable(exc: sa_exc.DBAPIError | sa_exc.TimeoutError) -> StoreUnavailable | None:
+    """The store is unavailable: the database refused or lost us, or the pool timed out.
+    ``None`` for any other database error (a bug, a constraint): it stays what it is."""
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return StoreUnavailable(f"the callbot store is unavailable ({type(exc).__name__})")
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return StoreUnavailable("the callbot store connection was lost")
+    return None
 
 
 class DriverStatement:
@@ -258,7 +302,7 @@ class DriverStatement:
     SQLAlchemy would convert them (its types' bind processors, e.g. SQLite's datetimes as text).
     """
 
-    __slots__ = ("_fixed", "_plan", "_processors", "sql")
+    __slots__ = ("_convert", "_fixed", "_pick", "_processors", "sql")
 
     def __init__(self, statement: Any, dialect: sa.Dialect, keys: tuple[str, ...]) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys))
@@ -275,18 +319,31 @@ class DriverStatement:
             if process is not None:
                 processors[name] = process
         self._processors: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(processors.items())
-        #: Positional drivers (sqlite3's "?"): each value's name and converter, in order; named
-        #: drivers (psycopg): None.
-        self._plan: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
-        if compiled.positiontup is not None:
-            self._plan = tuple((name, processors.get(name)) for name in compiled.positiontup)
+        #: Positional drivers (sqlite3's "?"): the values picked in order, and the positions
+        #: to convert; named drivers (psycopg): None.
+        self._pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
+        self._convert: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
+        names = compiled.positiontup
+        if names is not None:
+            self._pick = _picker(tuple(names))
+            self._convert = tuple(
+                (position, processors[name])
+                for position, name in enumerate(names)
+                if name in processors
+            )
 
     def parameters(self, values: Mapping[str, Any]) -> Any:
         """The driver's parameters for ``values``."""
         if self._fixed:
             values = {**self._fixed, **values}
-        if self._plan is not None:
-            return tuple([values[n] if p is None else p(values[n]) for n, p in self._plan])
+        if self._pick is not None:
+            row = self._pick(values)
+            if not self._convert:
+                return row
+            converted = list(row)
+            for position, process in self._convert:
+                converted[position] = process(converted[position])
+            return converted
         if self._processors:
             values = dict(values)
             for name, process in self._processors:
@@ -295,16 +352,35 @@ class DriverStatement:
         return values
 
 
+def _picker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A function taking ``names``' values out of a mapping, as a tuple, in order."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda values: (values[name],)
+    if not names:
+        return lambda values: ()
+    return operator.itemgetter(*names)
+
+
 class DriverTransaction:
-    """What :meth:`Database.writing_on_driver` yields: Core statements run on its DB-API cursor."""
+    """What :meth:`Database.writing_on_driver` yields: Core statements run on a DB-API cursor."""
 
-    __slots__ = ("_db", "cursor", "sql")
+    __slots__ = ("_db", "_ended", "_lease", "committed", "connection", "cursor", "sql")
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, lease: Lease) -> None:
         self._db = db
-        self.cursor: Any = None
+        self._lease = lease
+        self.connection = lease.connection
+        self.cursor = lease.cursor
+        self.committed = False
+        self._ended = False
         #: The statement running, for the error's message.
         self.sql: str | None = None
+
+    def run(self, sql: str) -> None:
+        """Run a statement of the driver's own SQL (BEGIN)."""
+        self.sql = sql
+        self.cursor.execute(sql)
 
     def execute(self, statement: Any, values: Mapping[str, Any]) -> int:
         """Run ``statement`` with ``values``; the number of rows it changed."""
@@ -323,37 +399,37 @@ class DriverTransaction:
         self.cursor.fetchall()  # the rest (none): leave the cursor ready for the next statement
         return row
 
+    def end(self, *, lost: bool = False) -> None:
+        """Give the connection back (once): what was not committed is rolled back, a ``lost``
+        connection dropped."""
+        if not self._ended:
+            self._ended = True
+            self._db.hot_connections.give_back(self._lease, committed=self.committed, lost=lost)
 
-def _writers_turn(engine: Engine) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-    """SQLite file stores: processes take turns at writing through an OS file lock.
 
-    SQLite's own busy handler polls with sleeps of 1 to 100 ms while another process writes;
-    under load that wastes most of the time. A blocking ``flock`` on a side file hands the turn
-    over the moment it is released (and the kernel frees it if a process dies). Without
-    ``fcntl`` (Windows) writers rely on SQLite's locking alone: BEGIN IMMEDIATE and the busy
-    timeout, correct but slower under contention.
-    """
+def _writers_turn(
+    engine: Engine, *, writes_on_its_own: bool
+) -> WritersTurn | contextlib.nullcontext[None]:
+    """SQLite file stores take turns at writing (see :mod:`.writer`); with
+    ``writes_on_its_own`` (the store's own engine) the turn grants the hot path's connection."""
     database = engine.url.database
-    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:") or fcntl is None:
-        return contextlib.nullcontext
-    flock = fcntl.flock
-    exclusive, unlock = fcntl.LOCK_EX, fcntl.LOCK_UN
-    path = f"{database}.writer-lock"
-    local = threading.local()
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return contextlib.nullcontext()
+    connect = (lambda: detached_connection(engine)) if writes_on_its_own else None
+    return WritersTurn(database, connect)
 
-    @contextlib.contextmanager
-    def take_turn() -> Iterator[None]:
-        fd = getattr(local, "fd", None)
-        if fd is None or getattr(local, "pid", None) != os.getpid():
-            fd = local.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            local.pid = os.getpid()
-        flock(fd, exclusive)
-        try:
-            yield
-        finally:
-            flock(fd, unlock)
 
-    return take_turn
+def _hot_connections(
+    engine: Engine, turn: WritersTurn | contextlib.nullcontext[None], owns_engine: bool
+) -> ConnectionSource:
+    """Where the hot path gets its connections (see :mod:`.connections`)."""
+    if not owns_engine:
+        return PooledConnections(engine)
+    if isinstance(turn, WritersTurn):
+        return turn
+    if engine.dialect.name == "sqlite":  # in memory: one connection, the pool's
+        return PooledConnections(engine)
+    return KeptConnection(engine, ping_after=_PING_AFTER_IDLE)
 
 
 def _drop_pool(engine_ref: weakref.ref[Engine]) -> None:
@@ -442,7 +518,7 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:
         dbapi_connection.isolation_level = None  # let the "begin" hook below emit BEGIN itself
         cursor = dbapi_connection.cursor()
         if not in_memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             space.tune_connection(cursor, engine.url.database or "")
         cursor.close()
@@ -453,3 +529,25 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool, synchronous: str) -> None:
         # A read-only transaction (Database.reading) begins deferred and never takes it.
         read_only = conn.get_execution_options().get(_READ_ONLY, False)
         conn.exec_driver_sql("BEGIN" if read_only else _BEGIN_WRITING)
+
+
+#: How long a new connection keeps trying to put a new database file in WAL mode.
+_WAL_SWITCH_TIMEOUT = 30.0
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode (it stays so; later connections find it done).
+
+    Processes opening a new file at once (gunicorn's workers on their first requests) race for
+    the switch, and SQLite refuses the losers at once, without its busy wait (which could
+    deadlock there): they try again until the winner is done.
+    """
+    deadline = time.monotonic() + _WAL_SWITCH_TIMEOUT
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
