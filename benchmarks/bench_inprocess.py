@@ -5,13 +5,14 @@
 
 Every figure is CPU time (``time.process_time``, this process only: a PostgreSQL server's own
 time is not in it) per request through ``app.wsgi_app`` with a prebuilt WSGI environ. The
-receivers compared run in turn within each round (interleaved, so the machine's drift touches
-them alike); a figure is the median of ``--rounds`` rounds, and a ratio is the median of the
-rounds' ratios, all measured in this one run. The reference is the contract limit
-(``limit.py``); the floor (a bare route) and the ORM peer are rows for context. Task callbacks
-on SQLite (and on PostgreSQL with ``--postgres``), order callbacks with 1, 20 and 200 intents;
-also the cost with 1 thousand against 1 million tasks stored (``--million``), the peak RSS while
-``--memory`` deliveries go through one process, and, with ``--profile``, where the time goes.
+receivers compared take turns by chunks of 50 requests within each round (interleaved, so the
+machine's drift touches them alike); a figure is the median of ``--rounds`` rounds, and a ratio
+is the median of the rounds' ratios, all measured in this one run. The reference is the
+contract limit (``limit.py``); the floor (a bare route) and the ORM peer are rows for context.
+Task callbacks on SQLite (and on PostgreSQL with ``--postgres``), order callbacks with 1, 20
+and 200 intents; also the cost with 1 thousand against 1 million tasks stored (``--million``),
+the peak RSS while ``--memory`` deliveries go through one process, and, with ``--profile``,
+where the time goes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from limit import limit_app
 from flask_callbot.state import get_state
 
 Request = tuple[str, bytes, dict[str, str]]
+#: Requests each receiver runs before the next one takes its turn, within a round.
+CHUNK = 50
 
 
 def environ(path: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
@@ -61,19 +64,24 @@ def environ(path: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
 
 def run(app: Flask, requests: Iterable[Request]) -> float:
     """CPU microseconds per request; every reply must be a 200."""
+    envs = [environ(*request) for request in requests]
+    return cpu_seconds(app, envs) / len(envs) * 1e6
+
+
+def cpu_seconds(app: Flask, envs: list[dict[str, Any]]) -> float:
+    """CPU seconds ``app`` spends on the prebuilt ``envs``; every reply must be a 200."""
     statuses: list[str] = []
 
     def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
         statuses.append(status)
 
-    envs = [environ(*request) for request in requests]
     started = time.process_time()
     for env in envs:
         for _ in app.wsgi_app(env, start_response):
             pass
     elapsed = time.process_time() - started
     assert set(statuses) == {"200 OK"}, set(statuses)
-    return elapsed / len(envs) * 1e6
+    return elapsed
 
 
 def task_requests(n: int, tasks: int, seed: int, first: int = 0) -> list[Request]:
@@ -93,11 +101,21 @@ def median_of(rounds: int, measure: Callable[[int], float]) -> float:
 def interleaved(
     apps: dict[str, Flask], rounds: int, requests: Callable[[int], list[Request]]
 ) -> dict[str, list[float]]:
-    """Each round runs every app on the same requests (fresh requestIDs each), in turn."""
+    """Each round runs every app on the same requests (fresh requestIDs each), taking turns by
+    chunks of ``CHUNK`` requests (the order reversed every other chunk), so the machine's drift
+    within a round touches them alike."""
     costs: dict[str, list[float]] = {name: [] for name in apps}
     for r in range(rounds):
-        for name, app in apps.items():
-            costs[name].append(run(app, requests(r)))
+        batches = {name: [environ(*request) for request in requests(r)] for name in apps}
+        spent = dict.fromkeys(apps, 0.0)
+        count = len(next(iter(batches.values())))
+        turns = list(apps.items())
+        for start in range(0, count, CHUNK):
+            for name, app in turns:
+                spent[name] += cpu_seconds(app, batches[name][start : start + CHUNK])
+            turns.reverse()
+        for name in apps:
+            costs[name].append(spent[name] / count * 1e6)
     return costs
 
 
