@@ -10,6 +10,7 @@ import select
 import selectors
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -322,6 +323,20 @@ def honest_load(port: int, *, seconds: float, clients: int = 4, timeout: float =
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(script: str, *args: str, timeout: float = 120) -> str:
+    """Run ``script`` in a fresh interpreter (this one's), from the project's root, with
+    ``args``; its standard output (a failure raises, with its standard error)."""
+    result = subprocess.run(  # noqa: S603 - our own interpreter, our own script
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+    return result.stdout
 
 
 @contextmanager

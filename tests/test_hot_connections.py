@@ -15,8 +15,6 @@ import gc
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,10 +28,18 @@ from flask_callbot import StoreUnavailable, create_blueprint, get_store
 from flask_callbot.state import get_state
 from flask_callbot.testing import task_payload
 
-from support import POSTGRES_URL, SECRET, UUID, Clock, CuttableLink, Sender, assert_reply
+from support import (
+    POSTGRES_URL,
+    SECRET,
+    UUID,
+    Clock,
+    CuttableLink,
+    Sender,
+    assert_reply,
+    run_script,
+)
 from support import postgres_schema as fresh_schema
 
-ROOT = Path(__file__).resolve().parent.parent
 #: The kept connection is pinged before use once idle this long (engine._PING_AFTER_IDLE).
 PING_AFTER_IDLE = 1.0
 
@@ -183,15 +189,7 @@ def test_sqlite_processes_opening_a_new_file_at_once_all_open_it(tmp_path: Path)
     """Switching a new file to WAL, SQLite refuses all but one of the processes racing for it
     at once ("database is locked", without waiting): the others try again (gunicorn's workers
     on their first requests used to answer some of them 503)."""
-    result = subprocess.run(  # noqa: S603 - our own interpreter, our own script
-        [sys.executable, "-c", OPENING_AT_ONCE, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert result.stdout.split() == ["ok"] * 120
+    assert run_script(OPENING_AT_ONCE, str(tmp_path)).split() == ["ok"] * 120
     for attempt in range(20):
         with sqlite3.connect(tmp_path / f"new-{attempt}.sqlite3") as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -317,15 +315,7 @@ get_state(app).store.dispose()
 def test_a_forked_child_writes_on_its_own_connections_and_leaves_the_parents_alone(
     database_url: str, tmp_path: Path
 ) -> None:
-    result = subprocess.run(  # noqa: S603 - our own interpreter, our own script
-        [sys.executable, "-c", FORKING, database_url, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert json.loads(result.stdout) == {
+    assert json.loads(run_script(FORKING, database_url, str(tmp_path))) == {
         "child_exit": 0,
         "replies": [200] * 50,
         "outcomes": ["processed"],

@@ -5,13 +5,12 @@ IMMEDIATE)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from support import run_script
 
 #: What Windows lacks, taken away before anything is imported.
 WINDOWS = """
@@ -65,15 +64,7 @@ print(json.dumps({
 
 def run(database: Path, *, without_fcntl: bool) -> dict[str, object]:
     script = (WINDOWS if without_fcntl else "") + SCRIPT
-    result = subprocess.run(  # noqa: S603 - our own interpreter, our own script
-        [sys.executable, "-c", script, str(database)],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    return json.loads(run_script(script, str(database)))  # type: ignore[no-any-return]
 
 
 def test_a_file_store_records_and_processes_without_fcntl(tmp_path: Path) -> None:
