@@ -1,8 +1,9 @@
 """The durable record: every authentic delivery, and each task's and order's last applied state.
 
 SQLAlchemy Core, the same code for SQLite (one host) and PostgreSQL (shared by many). One module
-per concern: ``schema`` (tables, versions, upgrades), ``engine`` (engine, transactions, locking),
-``records`` (states, verdicts, dataclasses), ``ingest`` (the hot path), ``queue`` (Celery's
+per concern: ``schema`` (tables, versions, upgrades), ``engine`` (engine, transactions),
+``writer`` (SQLite's writers' turn), ``connections`` (the hot path's connections), ``records``
+(states, verdicts, dataclasses), ``ingest`` (the hot path), ``queue`` (Celery's
 bookkeeping), ``queries`` (reads, counts, prune), ``claims`` (the lease predicate), ``api``
 (:class:`StoreReader` and :class:`Store`). The tables are made and upgraded by the Alembic
 branch in ``flask_callbot.migrations``, run by ``migrate``; ``legacy`` takes over databases made
