@@ -11,6 +11,7 @@ its own and never touches its parent's.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -191,7 +192,7 @@ def test_sqlite_processes_opening_a_new_file_at_once_all_open_it(tmp_path: Path)
     on their first requests used to answer some of them 503)."""
     assert run_script(OPENING_AT_ONCE, str(tmp_path)).split() == ["ok"] * 120
     for attempt in range(20):
-        with sqlite3.connect(tmp_path / f"new-{attempt}.sqlite3") as conn:
+        with contextlib.closing(sqlite3.connect(tmp_path / f"new-{attempt}.sqlite3")) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
